@@ -1,0 +1,27 @@
+"""The built-in commands, registered through the ``register_commands`` hook.
+
+Each entry: (command name, module under hpacli.cli.commands, help panel). Modules are
+imported at start-up but import nothing heavy until the command runs.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .. import hookimpl
+from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
+
+COMMANDS: list[tuple[str, str, str]] = [
+    ("ingest", "ingest", DATA),
+    ("info", "info", TOOLS),
+    ("plugins", "plugins", TOOLS),
+]
+
+del TRAINING, INFERENCE  # panels used as commands land
+
+
+@hookimpl
+def register_commands(app):
+    for name, module, panel in COMMANDS:
+        fn = import_module(f"hpacli.cli.commands.{module}").command
+        app.command(name=name, rich_help_panel=panel)(fn)

@@ -1,0 +1,10 @@
+"""Built-in denoisers, registered through the plugin hook like any third-party ones."""
+
+from __future__ import annotations
+
+from .. import hookimpl
+
+
+@hookimpl
+def register_denoisers(register):
+    pass

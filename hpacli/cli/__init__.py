@@ -1,0 +1,1 @@
+"""The `hpa` command line: parsing only; the work happens in the library."""

@@ -1,0 +1,77 @@
+"""hpa plugins: which plugins are loaded and what each registers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def command(
+    list_kind: Annotated[
+        str | None,
+        typer.Option("--list", help="List the names of one kind: backbones, segmenters, denoisers, losses."),
+    ] = None,
+    pattern: Annotated[str, typer.Option("--pattern", "-p", help="Wildcard filter for --list, e.g. 'resnet*'.")] = "*",
+) -> None:
+    """Show the loaded plugins (built-ins included): package, version and what each registers."""
+    from rich.table import Table
+
+    from ...errors import HpaError
+    from ...pm import get_manager
+    from ...progress import console
+    from ...registry import REGISTRIES
+
+    manager = get_manager()
+    if list_kind:
+        kind = list_kind.rstrip("s")
+        if kind not in REGISTRIES:
+            raise HpaError(f"--list takes one of: {', '.join(k + 's' for k in REGISTRIES)}")
+        for entry in REGISTRIES[kind].entries(pattern):
+            typer.echo(f"{entry.name}\t{entry.plugin}\t{entry.description}")
+        return
+    registered: dict[str, list[str]] = {}
+    for kind, reg in REGISTRIES.items():
+        by_plugin: dict[str, list[str]] = {}
+        for entry in reg.entries():
+            by_plugin.setdefault(entry.plugin, []).append(entry.name)
+        for plugin, names in by_plugin.items():
+            shown = ", ".join(names) if len(names) <= 4 else f"{len(names)} ({', '.join(names[:3])}, ...)"
+            registered.setdefault(plugin, []).append(f"{kind}s: {shown}")
+    commands = _commands_by_plugin()
+    for plugin, names in commands.items():
+        registered.setdefault(plugin, []).append(f"commands: {', '.join(names)}")
+    table = Table(title="hpa plugins")
+    for col in ("plugin", "package", "version", "registers"):
+        table.add_column(col, overflow="fold")
+    for name, info in manager.info.items():
+        table.add_row(name, info.package, info.version, "\n".join(registered.get(name, [])) or "-")
+    console.print(table)
+    errors = list(manager.load_errors)
+    for reg in REGISTRIES.values():
+        errors.extend(type("E", (), {"name": p, "package": "?", "message": m}) for p, m in reg.errors)
+    if errors:
+        bad = Table(title="plugins that failed", title_style="bold red")
+        for col in ("plugin", "package", "error"):
+            bad.add_column(col, overflow="fold")
+        for e in errors:
+            bad.add_row(e.name, e.package, e.message)
+        console.print(bad)
+
+
+def _commands_by_plugin() -> dict[str, list[str]]:
+    import typer as _typer
+
+    from ...pm import get_manager
+
+    out: dict[str, list[str]] = {}
+    for impl in get_manager().pm.hook.register_commands.get_hookimpls():
+        probe = _typer.Typer()
+        try:
+            impl.function(app=probe)
+        except Exception:
+            continue
+        names = [c.name or c.callback.__name__.replace("_", "-") for c in probe.registered_commands]
+        if names:
+            out[impl.plugin_name] = names
+    return out

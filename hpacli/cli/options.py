@@ -1,0 +1,34 @@
+"""Option types shared by the commands (one definition, the same help everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+StoreOpt = Annotated[
+    Path,
+    typer.Option("--store", "-s", help="The hpacli store (a Zarr v3 directory).", envvar="HPA_STORE"),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Do only shard i of n (e.g. 0/4); run n processes at once to split the work."),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="Torch device: auto (GPU when present), cpu, cuda, cuda:1, ..."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items per batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="Parallel worker processes/threads.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Discard this stage's stored results and start over.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+# help panels
+DATA = "Data"
+TRAINING = "Training"
+INFERENCE = "Inference"
+TOOLS = "Tools"

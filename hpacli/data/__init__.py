@@ -1,0 +1,1 @@
+"""Reading images, the pixel cache, ingest, cell crops and synthetic data."""

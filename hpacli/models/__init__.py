@@ -1,0 +1,1 @@
+"""Classification models (backbones) and their shared pieces."""
