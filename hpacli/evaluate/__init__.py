@@ -1,0 +1,1 @@
+"""Mask encoding, the competition metric, submissions (writing and checking)."""

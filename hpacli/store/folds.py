@@ -1,0 +1,58 @@
+"""Folds: image folds for the image- and cell-level models, cell folds for de-noising.
+
+Layout: ``folds/images/<name>/fold`` int8 ``[N]`` (fold 0..k-1 of each image; -1 = not
+used: test images, dropped duplicates, excluded negatives), parameters in the group's
+provenance. ``folds/cells/<name>/fold`` int8 ``[C]`` aligned with the cells table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import StoreError
+
+DEFAULT = "default"
+
+
+def image_folds_key(name: str = DEFAULT) -> str:
+    return f"folds/images/{name}"
+
+
+def cell_folds_key(name: str = DEFAULT) -> str:
+    return f"folds/cells/{name}"
+
+
+def write_image_folds(store, fold: np.ndarray, name: str = DEFAULT) -> None:
+    fold = np.asarray(fold, dtype=np.int8)
+    arr = store.create_array(
+        f"{image_folds_key(name)}/fold", fold.shape, "int8", (65536,), encoding="fold-index", fill_value=-1,
+        overwrite=True,
+    )
+    arr[:] = fold
+
+
+def read_image_folds(store, name: str = DEFAULT) -> np.ndarray:
+    key = f"{image_folds_key(name)}/fold"
+    if not store.has(key):
+        raise StoreError(f"the store {store.path} has no image folds {name!r}; run `hpa fold` first")
+    fold = np.asarray(store.array(key)[:]).astype(np.int8)
+    n = store.images.n
+    if len(fold) < n:  # images ingested after folding are not in any fold
+        fold = np.concatenate([fold, np.full(n - len(fold), -1, dtype=np.int8)])
+    return fold
+
+
+def write_cell_folds(store, fold: np.ndarray, name: str = DEFAULT) -> None:
+    fold = np.asarray(fold, dtype=np.int8)
+    arr = store.create_array(
+        f"{cell_folds_key(name)}/fold", fold.shape, "int8", (65536,), encoding="fold-index", fill_value=-1,
+        overwrite=True,
+    )
+    arr[:] = fold
+
+
+def read_cell_folds(store, name: str = DEFAULT) -> np.ndarray:
+    key = f"{cell_folds_key(name)}/fold"
+    if not store.has(key):
+        raise StoreError(f"the store {store.path} has no cell folds {name!r}; run `hpa fold --cells` first")
+    return np.asarray(store.array(key)[:]).astype(np.int8)
