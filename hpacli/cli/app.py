@@ -8,7 +8,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from .errors import translate
+from .errors import message_for, report
 
 
 class HpaGroup(TyperGroup):
@@ -16,10 +16,11 @@ class HpaGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            mapped = translate(exc)
-            if mapped is None:
+            message = message_for(exc)
+            if message is None:
                 raise
-            raise mapped from exc
+            report(message)
+            raise typer.Exit(code=2) from None
 
     def list_commands(self, ctx):  # keep registration order within panels
         return list(self.commands)
@@ -67,7 +68,7 @@ def build_app() -> typer.Typer:
 
         err = Console(stderr=True)
         for e in manager.load_errors:
-            err.print(f"[yellow]warning:[/] plugin {e.name} ({e.package}) failed to load: {e.message}", highlight=False)
+            err.print(f"[yellow]warning:[/] plugin {e.name} ({e.package}) failed to load: {e.message}", highlight=False, soft_wrap=True)
     return app
 
 

@@ -3,7 +3,6 @@ are printed as one red line and exit with status 2, never as a traceback."""
 
 from __future__ import annotations
 
-import click
 from rich.console import Console
 
 from ..errors import HpaError
@@ -11,21 +10,18 @@ from ..errors import HpaError
 _err = Console(stderr=True)
 
 
-class HpaClickError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
-        _err.print(f"[bold red]error:[/] {self.message}", highlight=False)
-
-
-def translate(exc: BaseException) -> click.ClickException | None:
-    """Map a known exception to a ClickException, or None to let it propagate."""
+def message_for(exc: BaseException) -> str | None:
+    """The one-line message for a known exception, or None to let it propagate."""
     if isinstance(exc, HpaError):
-        return HpaClickError(str(exc))
+        return str(exc)
     if isinstance(exc, FileNotFoundError):
-        return HpaClickError(f"file not found: {exc.filename or exc}")
+        return f"file not found: {exc.filename or exc}"
     if isinstance(exc, PermissionError):
-        return HpaClickError(f"permission denied: {exc.filename or exc}")
+        return f"permission denied: {exc.filename or exc}"
     if isinstance(exc, MemoryError):
-        return HpaClickError("out of memory; try a smaller --batch-size or fewer --workers")
+        return "out of memory; try a smaller --batch-size or fewer --workers"
     return None
+
+
+def report(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)

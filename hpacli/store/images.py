@@ -25,6 +25,13 @@ COLUMNS_STR = ("id", "source", "split")
 COLUMNS_INT = {"height": "int32", "width": "int32", "bit_depth": "uint8", "labelled": "bool"}
 
 
+def plain_strings(values: np.ndarray) -> np.ndarray:
+    """Zarr returns variable-length strings as numpy StringDType; give plain ``<U`` arrays."""
+    if values.dtype.kind in "biuf":
+        return values
+    return np.array(values.tolist(), dtype=str)
+
+
 class ImageTable:
     def __init__(self, store) -> None:
         self.store = store
@@ -49,7 +56,7 @@ class ImageTable:
         n = self.n
         if n == 0:
             return np.zeros(0, dtype=object)
-        return np.asarray(self.store.array(f"{GROUP}/{name}")[:n])
+        return plain_strings(np.asarray(self.store.array(f"{GROUP}/{name}")[:n]))
 
     def ids(self) -> np.ndarray:
         return self._col("id").astype(str)
@@ -71,9 +78,9 @@ class ImageTable:
         return pd.DataFrame(data)
 
     def paths(self, index: int) -> list[Path]:
-        rel = self.store.array(f"{GROUP}/paths")[index]
+        rel = np.asarray(self.store.array(f"{GROUP}/paths")[index])
         root = self.data_root
-        return [root / str(p) for p in np.asarray(rel).tolist()]
+        return [root / str(p) for p in rel.tolist()]
 
     def index_of(self, ids) -> np.ndarray:
         lookup = {v: i for i, v in enumerate(self.ids().tolist())}
