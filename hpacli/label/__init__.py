@@ -1,0 +1,1 @@
+"""Label stages' library code: graph label de-noising (``graph_l1``), kNN graphs, selections."""
