@@ -1,0 +1,390 @@
+"""The competition metric: Open Images instance-segmentation challenge style mAP.
+
+Rules (``../shared/seed/solution-facts.md``, "The metric"):
+
+1. Per image only *evaluatable* classes count: the classes present in that image's truth.
+   Detections of other classes in that image, and all detections in images without a
+   truth row, are dropped.
+2. Predicted masks that are empty are dropped (when the submission is parsed).
+3. Per image and class, detections are sorted by score (descending) and matched greedily:
+   each detection is compared with the truth instance of that class with the highest
+   IoU (ties in IoU: the instance that comes first in the truth). It is a true positive
+   iff that IoU >= ``threshold`` and that instance is not yet taken by an earlier true
+   positive; otherwise a false positive (no fall-back to the second-best instance).
+4. Per class, the detections of all images are pooled and sorted by score; precision is
+   made monotone (VOC: each precision replaced by the highest precision at any higher
+   recall) and AP = sum(delta recall * precision), recall = TP / number of truth instances.
+5. A class with no truth instance anywhere has AP NaN and is left out of the mean; a
+   class with truth but no detections has AP 0. mAP = mean over the other classes.
+
+IoU: ``"mask"`` (pixel IoU of the masks) or ``"box"`` (IoU of the masks' bounding boxes,
+normalised as the evaluator does: ymin = r0/H, xmin = c0/W, ymax = (r1+1)/H,
+xmax = (c1+1)/W, computed in those floating-point units).
+
+Ties in score (the reference evaluator leaves their order to an unstable sort):
+
+* ``ties="group"`` (default): detections with the same score form one threshold. The
+  precision/recall point is taken only after the whole group, so the result does not
+  depend on the order of images or triples in the file. Inside one image and class the
+  greedy matching still needs an order; there ties go in the order of the triples in the
+  PredictionString, which cannot change the result (the tied detections share a score
+  and land in the same group).
+* ``ties="first"``: ties in the order of appearance: images in the order of the
+  submission (``preds`` mapping), then triples in PredictionString order; a point per
+  detection, as a stable sort would give.
+
+Without ties both give the same AP.
+
+The IoU of an image is computed once for all pairs of distinct masks: pycocotools' RLE
+IoU for masks from CSV files (no decoding to pixels), a joint ``bincount`` of the two label
+images for label-image instances, and array arithmetic on bounding boxes for ``"box"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import CLASS_NAMES, N_CLASSES
+from ..errors import InputError
+from .submission import (
+    MAX_PROBLEMS,
+    ImageInstances,
+    Problems,
+    parse_frame,
+    raise_problems,
+    read_frame,
+)
+
+IOU_MODES = ("mask", "box")
+TIE_MODES = ("group", "first")
+
+
+@dataclass
+class EvalResult:
+    """mAP and per-class results. ``per_class_ap[c]`` is NaN for a class without truth."""
+
+    mAP: float
+    per_class_ap: dict[int, float]
+    n_truth: dict[int, int]
+    n_det: dict[int, int]  # detections evaluated (after dropping non-evaluatable ones)
+    n_tp: dict[int, int]
+    iou: str = "mask"
+    threshold: float = 0.6
+    ties: str = "group"
+    n_images_truth: int = 0
+    n_images_pred: int = 0
+    n_images_without_truth: int = 0  # predicted images with no truth row (detections dropped)
+    n_images_without_pred: int = 0  # truth images with no prediction row
+    n_dropped: int = 0  # detections of classes not in their image's truth
+    n_empty: int = 0  # detections with empty masks
+    class_names: tuple[str, ...] = field(default=CLASS_NAMES, repr=False)
+
+    def to_json_dict(self) -> dict:
+        """``{"mAP": .., "per_class_AP": {"0": .., ..., "18": ..}}`` with NaN as None."""
+        return {
+            "mAP": _nan_to_none(self.mAP),
+            "per_class_AP": {str(c): _nan_to_none(v) for c, v in sorted(self.per_class_ap.items())},
+        }
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+# --------------------------------------------------------------------------- IoU
+
+
+def _label_lut(label_image: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """label_image with id ids[k] -> k + 1, every other pixel -> 0."""
+    top = int(max(label_image.max(initial=0), ids.max(initial=0))) + 1
+    lut = np.zeros(top, dtype=np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return lut[label_image]
+
+
+def _label_mask_iou(a: ImageInstances, b: ImageInstances) -> np.ndarray:
+    ka, kb = len(a.label_ids), len(b.label_ids)
+    ja = _label_lut(a.label_image, a.label_ids)
+    jb = _label_lut(b.label_image, b.label_ids)
+    joint = np.bincount((ja * (kb + 1) + jb).ravel(), minlength=(ka + 1) * (kb + 1)).reshape(ka + 1, kb + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    area_a = joint[1:, :].sum(1).astype(np.float64)
+    area_b = joint[:, 1:].sum(0).astype(np.float64)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def _to_rles(inst: ImageInstances) -> list[dict]:
+    if inst.rles is not None:
+        return inst.rles
+    from pycocotools import mask as mask_util
+
+    out: list[dict] = []
+    chunk = 16
+    for s in range(0, len(inst.label_ids), chunk):
+        ids = inst.label_ids[s : s + chunk]
+        stack = np.asfortranarray((inst.label_image[:, :, None] == ids[None, None, :]).astype(np.uint8))
+        out += mask_util.encode(stack)
+    return out
+
+
+def _boxes(inst: ImageInstances) -> np.ndarray:
+    """Normalised boxes [ymin, xmin, ymax, xmax] of the masks (n_masks x 4)."""
+    h, w = inst.height, inst.width
+    if inst.rles is not None:
+        from pycocotools import mask as mask_util
+
+        if not inst.rles:
+            return np.zeros((0, 4))
+        xywh = mask_util.toBbox(inst.rles).astype(np.float64).reshape(-1, 4)
+        r0, c0 = xywh[:, 1], xywh[:, 0]
+        r1p, c1p = xywh[:, 1] + xywh[:, 3], xywh[:, 0] + xywh[:, 2]
+    else:
+        from scipy.ndimage import find_objects
+
+        slices = find_objects(inst.label_image, max_label=int(inst.label_ids.max(initial=0)))
+        rows = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in inst.label_ids)],
+                        dtype=np.float64).reshape(-1, 4)
+        r0, c0, r1p, c1p = rows.T
+    return np.stack([r0 / h, c0 / w, r1p / h, c1p / w], axis=1)
+
+
+def _box_iou(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    ymin1, xmin1, ymax1, xmax1 = (b1[:, i : i + 1] for i in range(4))
+    ymin2, xmin2, ymax2, xmax2 = (b2[:, i][None, :] for i in range(4))
+    ih = np.maximum(0.0, np.minimum(ymax1, ymax2) - np.maximum(ymin1, ymin2))
+    iw = np.maximum(0.0, np.minimum(xmax1, xmax2) - np.maximum(xmin1, xmin2))
+    inter = ih * iw
+    area1 = (ymax1 - ymin1) * (xmax1 - xmin1)
+    area2 = (ymax2 - ymin2) * (xmax2 - xmin2)
+    union = area1 + area2 - inter
+    return inter / np.maximum(union, 1e-300)
+
+
+def pairwise_iou(pred: ImageInstances, truth: ImageInstances, iou: str = "mask") -> np.ndarray:
+    """IoU of every distinct mask of ``pred`` with every distinct mask of ``truth``
+    (``pred.n_masks x truth.n_masks``)."""
+    if (pred.height, pred.width) != (truth.height, truth.width):
+        raise InputError(
+            f"{pred.image_id}: the prediction is {pred.width}x{pred.height} but the truth "
+            f"{truth.width}x{truth.height} (ImageWidth x ImageHeight)"
+        )
+    if pred.n_masks == 0 or truth.n_masks == 0:
+        return np.zeros((pred.n_masks, truth.n_masks))
+    if iou == "box":
+        return _box_iou(_boxes(pred), _boxes(truth))
+    if iou != "mask":
+        raise ValueError(f"iou must be one of {IOU_MODES}, not {iou!r}")
+    if pred.label_image is not None and truth.label_image is not None:
+        return _label_mask_iou(pred, truth)
+    from pycocotools import mask as mask_util
+
+    out = mask_util.iou(_to_rles(pred), _to_rles(truth), [0] * truth.n_masks)
+    return np.asarray(out, dtype=np.float64).reshape(pred.n_masks, truth.n_masks)
+
+
+# --------------------------------------------------------------------------- matching and AP
+
+
+def match_image(
+    pred: ImageInstances, truth: ImageInstances, iou: str = "mask", threshold: float = 0.6
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
+    """Greedy matching in one image: ``({class: (scores, is_tp) in matching order}, n_dropped)``.
+
+    Only classes in the image's truth are evaluated; detections of other classes are
+    dropped and counted."""
+    classes = np.unique(truth.labels)
+    keep = np.isin(pred.labels, classes)
+    n_dropped = int(len(pred.labels) - keep.sum())
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if not keep.any():
+        return out, n_dropped
+    ious = pairwise_iou(pred, truth, iou)
+    for c in np.unique(pred.labels[keep]):
+        det = np.flatnonzero(pred.labels == c)
+        det = det[np.argsort(-pred.scores[det], kind="stable")]
+        gt_masks = truth.mask_index[truth.labels == c]
+        sub = ious[np.ix_(pred.mask_index[det], gt_masks)]
+        best = sub.argmax(axis=1)  # first maximum: the earliest truth instance on ties
+        valid = sub[np.arange(len(det)), best] >= threshold
+        tp = np.zeros(len(det), dtype=bool)
+        vi = np.flatnonzero(valid)
+        # an instance goes to the first valid detection that picks it; later ones are FPs
+        _, first = np.unique(best[vi], return_index=True)
+        tp[vi[first]] = True
+        out[int(c)] = (pred.scores[det], tp)
+    return out, n_dropped
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, n_truth: int, ties: str = "group") -> float:
+    """VOC-style AP of pooled detections (``scores``, ``tp`` in tie order). NaN without truth."""
+    if n_truth == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {TIE_MODES}, not {ties!r}")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    s = np.asarray(scores, dtype=np.float64)[order]
+    t = np.asarray(tp, dtype=bool)[order]
+    ctp = np.cumsum(t)
+    cfp = np.cumsum(~t)
+    if ties == "group":
+        last = np.append(s[1:] != s[:-1], True)
+        ctp, cfp = ctp[last], cfp[last]
+    precision = ctp / (ctp + cfp)
+    recall = ctp / n_truth
+    precision = np.concatenate(([0.0], precision, [0.0]))
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[idx] - recall[idx - 1]) * precision[idx]))
+
+
+def evaluate(
+    truth: Mapping[str, ImageInstances],
+    preds: Mapping[str, ImageInstances],
+    iou: str = "mask",
+    threshold: float = 0.6,
+    ties: str = "group",
+    progress=None,
+) -> EvalResult:
+    """The metric on parsed instances (see the module docstring for the rules)."""
+    if iou not in IOU_MODES:
+        raise InputError(f"--iou must be one of {', '.join(IOU_MODES)}, not {iou!r}")
+    if ties not in TIE_MODES:
+        raise InputError(f"ties must be one of {', '.join(TIE_MODES)}, not {ties!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"the IoU threshold must be in 0..1, not {threshold}")
+    n_truth = np.zeros(N_CLASSES, dtype=np.int64)
+    for t in truth.values():
+        n_truth += np.bincount(t.labels, minlength=N_CLASSES)[:N_CLASSES]
+    pooled_s: list[list[np.ndarray]] = [[] for _ in range(N_CLASSES)]
+    pooled_t: list[list[np.ndarray]] = [[] for _ in range(N_CLASSES)]
+    n_dropped = n_empty = n_without = 0
+    task = progress.add_task("evaluate", total=len(preds), unit="img", info="") if progress is not None else None
+    for image_id, p in preds.items():
+        n_empty += p.n_empty
+        t = truth.get(image_id)
+        if t is None:
+            n_without += 1
+            n_dropped += len(p)
+        else:
+            per_class, dropped = match_image(p, t, iou, threshold)
+            n_dropped += dropped
+            for c, (s, tp) in per_class.items():
+                pooled_s[c].append(s)
+                pooled_t[c].append(tp)
+        if task is not None:
+            progress.advance(task)
+    per_class_ap, n_det, n_tp = {}, {}, {}
+    for c in range(N_CLASSES):
+        s = np.concatenate(pooled_s[c]) if pooled_s[c] else np.zeros(0)
+        tp = np.concatenate(pooled_t[c]) if pooled_t[c] else np.zeros(0, dtype=bool)
+        per_class_ap[c] = average_precision(s, tp, int(n_truth[c]), ties)
+        n_det[c] = len(s)
+        n_tp[c] = int(tp.sum())
+    values = [v for v in per_class_ap.values() if not math.isnan(v)]
+    return EvalResult(
+        mAP=float(np.mean(values)) if values else float("nan"),
+        per_class_ap=per_class_ap,
+        n_truth={c: int(n_truth[c]) for c in range(N_CLASSES)},
+        n_det=n_det,
+        n_tp=n_tp,
+        iou=iou,
+        threshold=float(threshold),
+        ties=ties,
+        n_images_truth=len(truth),
+        n_images_pred=len(preds),
+        n_images_without_truth=n_without,
+        n_images_without_pred=sum(1 for k in truth if k not in preds),
+        n_dropped=n_dropped,
+        n_empty=n_empty,
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def evaluate_frames(
+    truth_df,
+    sub_df,
+    iou: str = "mask",
+    threshold: float = 0.6,
+    ties: str = "group",
+    max_problems: int = MAX_PROBLEMS,
+    progress=None,
+) -> EvalResult:
+    """The metric on two DataFrames with columns ID, ImageWidth, ImageHeight,
+    PredictionString (truth: confidence 1 per (cell, label)). Raises InputError listing up
+    to ``max_problems`` problems of each frame, with their lines."""
+    truth = parse_frame(truth_df, kind="truth", max_problems=max_problems)
+    sub = parse_frame(sub_df, kind="submission", max_problems=max_problems)
+    _raise_both(truth.problems, sub.problems, "truth", "submission")
+    _check_sizes(truth.images, sub.images, max_problems)
+    return evaluate(truth.images, sub.images, iou=iou, threshold=threshold, ties=ties, progress=progress)
+
+
+def evaluate_files(
+    truth_path: str | Path,
+    submission_path: str | Path,
+    iou: str = "mask",
+    threshold: float = 0.6,
+    ties: str = "group",
+    max_problems: int = MAX_PROBLEMS,
+    progress=None,
+) -> EvalResult:
+    """:func:`evaluate_frames` on two CSV files (InputError for a missing file or bad header)."""
+    truth_df = read_frame(truth_path)
+    sub_df = read_frame(submission_path)
+    truth = parse_frame(truth_df, kind="truth", max_problems=max_problems)
+    sub = parse_frame(sub_df, kind="submission", max_problems=max_problems)
+    _raise_both(truth.problems, sub.problems, f"truth file {truth_path}", f"submission file {submission_path}")
+    _check_sizes(truth.images, sub.images, max_problems)
+    return evaluate(truth.images, sub.images, iou=iou, threshold=threshold, ties=ties, progress=progress)
+
+
+def evaluate_instances(
+    truth: Mapping[str, tuple[np.ndarray, Mapping[int, Iterable[int]]]],
+    preds: Mapping[str, tuple[np.ndarray, Mapping[int, Iterable[float]]]],
+    iou: str = "mask",
+    threshold: float = 0.6,
+    ties: str = "group",
+    progress=None,
+) -> EvalResult:
+    """The metric on label images, without encoding anything.
+
+    ``truth``: ``{image id: (label_image, {cell id: classes})}``;
+    ``preds``: ``{image id: (label_image, {cell id: 19 scores})}`` (each cell is a
+    detection of every class with that class's score). The two label images of an image
+    may differ (predicted vs true segmentation) but must have the same shape.
+    """
+    t = {k: ImageInstances.from_label_truth(k, lab, cells) for k, (lab, cells) in truth.items()}
+    p = {k: ImageInstances.from_label_scores(k, lab, cells) for k, (lab, cells) in preds.items()}
+    _check_sizes(t, p, MAX_PROBLEMS)
+    return evaluate(t, p, iou=iou, threshold=threshold, ties=ties, progress=progress)
+
+
+def _raise_both(a: Problems, b: Problems, name_a: str, name_b: str) -> None:
+    if a and b:
+        raise InputError(a.text(name_a) + "\n" + b.text(name_b))
+    raise_problems(a, name_a)
+    raise_problems(b, name_b)
+
+
+def _check_sizes(truth: Mapping[str, ImageInstances], preds: Mapping[str, ImageInstances], limit: int) -> None:
+    problems = Problems(limit)
+    for k, p in preds.items():
+        t = truth.get(k)
+        if t is not None and (t.height, t.width) != (p.height, p.width):
+            problems.add(
+                p.line, k,
+                f"image size {p.width}x{p.height} differs from the truth's {t.width}x{t.height}"
+                + (f" (truth line {t.line})" if t.line else ""),
+            )
+    raise_problems(problems, "submission vs truth")
