@@ -453,11 +453,18 @@ def read_image_list(path: str | Path) -> dict[str, tuple[int, int] | None]:
 def check_submission(
     path: str | Path, images: str | Path | None = None, max_problems: int = 50
 ) -> CheckReport:
-    """Validate a submission before upload (never raises for bad content, except an
-    unreadable file or wrong header, which raise InputError): every row as in
+    """Validate a submission before upload (never raises for bad content; a missing file
+    or a bad image list raise InputError; a wrong header is a problem on line 1): every row as in
     :func:`parse_frame`, plus, given an image list, IDs missing from the submission, IDs
     not in the list and sizes that differ from the list's."""
-    df = read_frame(path)
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        df = read_frame(path)
+    except InputError as exc:  # wrong header, not a CSV: a problem of the file, reported like the others
+        problems = Problems(max_problems)
+        problems.add(1, None, str(exc).removeprefix(f"{path}: ").removeprefix("line 1: "))
+        return CheckReport(str(path), 0, 0, 0, problems)
     parsed = parse_frame(df, kind="submission", max_problems=max_problems)
     report = CheckReport(str(path), parsed.n_rows, parsed.n_triples, parsed.n_empty, parsed.problems)
     if images is not None:
