@@ -13,6 +13,8 @@ from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "ingest", DATA),
+    ("submit", "submit", INFERENCE),
+    ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
 ]
