@@ -13,10 +13,12 @@ from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "ingest", DATA),
+    ("dedup", "dedup", DATA),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
+    ("train-image", "train_image", TRAINING),
 ]
 
 del TRAINING, INFERENCE  # panels used as commands land

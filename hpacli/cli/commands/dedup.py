@@ -1,0 +1,66 @@
+"""hpa dedup: find near-duplicate images (pHash of R, G, B) and store duplicate groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    threshold: Annotated[
+        int, typer.Option("--threshold", "-t", min=0, max=63,
+                          help="A pair is a duplicate when the Hamming distance is <= this in R, G and B.")
+    ] = 12,
+    source: Annotated[
+        str, typer.Option("--source", help="Pixels to hash: auto (the pixel cache when present), cache, png.")
+    ] = "auto",
+    method: Annotated[
+        str, typer.Option("--method", help="Pair search: auto, index (multi-index hashing), brute (all pairs).")
+    ] = "auto",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="CSV of the pairs; a PNG of a few pairs is written beside it.")
+    ] = Path("duplicates.csv"),
+    workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold."""
+    from rich.table import Table
+
+    from ...prep.dedup import pairs_frame, pairs_png, run_dedup
+    from ...progress import console, make_progress
+    from ...store import open_store
+    from ...store.dedup import read_groups, read_pairs
+
+    open_store(store, "r")  # a clear error when there is no store (never create one here)
+    st = open_store(store, "a")
+    with make_progress(disable=quiet) as progress:
+        summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
+                            overwrite=overwrite, progress=progress)
+    pairs, dist = read_pairs(st)
+    group = read_groups(st, require_all=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pairs_frame(st, pairs, dist, group).to_csv(out, index=False)
+    png = out.with_suffix(".png")
+    drawn = pairs_png(st, pairs, dist, png)
+
+    table = Table(title=f"duplicates (distance <= {threshold} in R, G and B)")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for label, key in (("images", "n_images"), ("unreadable (skipped)", "n_unreadable"),
+                       ("duplicate pairs", "n_pairs"), ("duplicate groups", "n_groups"),
+                       ("images in groups", "n_images_in_groups"), ("largest group", "largest_group"),
+                       ("train-test pairs", "train_test_pairs"),
+                       ("cross-source pairs", "cross_source_pairs")):
+        table.add_row(label, f"{summary[key]:,}")
+    console.print(table)
+    if summary.get("problems"):
+        from ..render import problems_table
+
+        console.print(problems_table(summary["problems"]))
+    console.print(f"[green]pairs[/] written to {out}" + (f"; {drawn} pair(s) drawn in {png}" if drawn else ""))

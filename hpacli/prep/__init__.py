@@ -1,0 +1,1 @@
+"""Preprocessing stages before training: duplicate search (dedup), folds, obvious-staining negatives."""
