@@ -13,6 +13,12 @@ def _timm_factory(name: str, num_classes: int = 19, in_chans: int = 4, **kwargs)
     return TimmClassifier(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+def _densenet_hpa_factory(num_classes: int = 19, in_chans: int = 4, **kwargs):
+    from ..models.densenet_hpa import DenseNetHPA
+
+    return DenseNetHPA(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
 @hookimpl
 def register_backbones(register):
     import os
@@ -22,3 +28,4 @@ def register_backbones(register):
 
     for name in timm.list_models():
         register(name, partial(_timm_factory, name), description="timm")
+    register("densenet121-hpa", _densenet_hpa_factory, description="seed image model: DenseNet121 + avg|max head")

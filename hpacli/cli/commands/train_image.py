@@ -1,0 +1,98 @@
+"""hpa train-image: train the image-level model of one fold (the seed's recipe by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import DeviceOpt, QuietOpt, SeedOpt, StoreOpt, WorkersOpt
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    fold: Annotated[int, typer.Option("--fold", "-f", min=0, help="Validation fold; the others train.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/image/fold<F>).")] = None,
+    backbone: Annotated[
+        str, typer.Option("--backbone", help="densenet121-hpa (the seed's) or any registered backbone / timm name.")
+    ] = "densenet121-hpa",
+    img_size: Annotated[int, typer.Option("--img-size", min=32, help="Training image size (pixels).")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per micro-batch.")] = 8,
+    accum: Annotated[
+        int, typer.Option("--accum", min=1, help="Micro-batches per optimizer step (effective batch = accum × batch).")
+    ] = 200,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train.")] = 10,
+    lr_mult: Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")] = 4.0,
+    schedule: Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")] = "adam10",
+    epoch_offset: Annotated[
+        int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")
+    ] = 0,
+    loss: Annotated[
+        str, typer.Option("--loss", help="Training loss (`hpa plugins --list losses`).")
+    ] = "focal-symmetric-lovasz-hardlog",
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Start from weights: an hpacli checkpoint, a state_dict or a bestfitting final.pth."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the run in --out and start over.")] = False,
+    eval_at_start: Annotated[bool, typer.Option("--eval-at-start", help="Validate before the first step.")] = False,
+    best_metric: Annotated[str, typer.Option("--best-metric", help="map or loss: which validation result picks best.pt.")] = "map",
+    negatives: Annotated[
+        str, typer.Option("--negatives", help="obvious: Negative images only when flagged by `hpa negatives`; all: every one.")
+    ] = "obvious",
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps (then validate).")
+    ] = None,
+    save_minutes: Annotated[
+        float, typer.Option("--save-minutes", help="Also save last.pt every this many minutes within an epoch.")
+    ] = 10.0,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on GPUs that support it.")] = True,
+    source: Annotated[str, typer.Option("--source", help="Pixels from: auto (cache when large enough), cache, png.")] = "auto",
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the image-level classifier on one fold (checkpoints last.pt/best.pt, log.csv).
+
+    Multi-GPU: `torchrun --nproc_per_node N -m hpacli.cli.app train-image ...` (same options).
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ...errors import HpaError
+    from ...progress import console, make_progress
+    from ...store import open_store
+    from ...train.image import run_train_image
+
+    if best_metric not in ("map", "loss"):
+        raise HpaError(f"--best-metric must be map or loss, not {best_metric!r}")
+    if init_from is not None and not init_from.exists():
+        raise HpaError(f"--init-from {init_from} not found")
+    out = out or Path("runs/image") / f"fold{fold}"
+    st = open_store(store, "r")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    def log(msg: str) -> None:
+        if rank0 and not quiet:
+            console.print(msg, highlight=False)
+
+    with make_progress(disable=quiet or not rank0) as progress:
+        summary = run_train_image(
+            st, fold, out, backbone=backbone, img_size=img_size, negatives=negatives, init_from=init_from,
+            source=source, progress=progress, log=log,
+            epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
+            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
+            best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
+            save_minutes=save_minutes,
+        )
+    if rank0:
+        best = summary["best_value"]
+        best_txt = f"best {summary['best_metric']} {best:.4f} (epoch {summary['best_epoch']})" if best is not None else "no validation score"
+        console.print(
+            f"[green]trained[/] {backbone} fold {fold}: {summary['step']} optimizer step(s), "
+            f"{summary['images_seen']} images; {best_txt}; checkpoints in {out}",
+            highlight=False,
+        )

@@ -1,0 +1,1 @@
+"""Training: losses, schedules, augmentation, checkpoints, the shared trainer, datasets."""

@@ -1,0 +1,73 @@
+"""The image-level training stage: ``run_train_image(store, fold, out, ...)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HpaError
+from .trainer import TrainConfig, Trainer
+
+
+def build_backbone(backbone: str, num_classes: int = 19, in_chans: int = 4, **kwargs):
+    from ..registry import create_backbone
+    from .checkpoint import ensure_embedding
+
+    return ensure_embedding(create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, **kwargs))
+
+
+def run_train_image(
+    store,
+    fold: int,
+    out: str | Path,
+    *,
+    backbone: str = "densenet121-hpa",
+    img_size: int = 1024,
+    negatives: str = "obvious",
+    init_from: str | Path | None = None,
+    folds_name: str = "default",
+    source: str = "auto",
+    progress=None,
+    log=None,
+    callbacks=None,
+    **train_kwargs,
+) -> dict:
+    """Train the image-level model on ``fold``'s training images, validate on its validation
+    images; checkpoints and log in ``out``. ``train_kwargs`` are :class:`TrainConfig` fields."""
+    from .data import StoreImageDataset, select_image_rows
+
+    log = log or (lambda msg: None)
+    if img_size < 32:
+        raise HpaError("--img-size must be at least 32")
+    train_rows, val_rows, labels, dropped = select_image_rows(store, fold, negatives, folds_name)
+    if len(train_rows) == 0:
+        raise HpaError(f"fold {fold} leaves no training images")
+    if dropped:
+        log(f"left out {dropped} Negative-labelled training image(s) without obvious staining (--negatives obvious)")
+    train_ds = StoreImageDataset(store.path, train_rows, labels[train_rows], img_size, augment=True, source=source)
+    val_ds = StoreImageDataset(store.path, val_rows, labels[val_rows], img_size, augment=False, source=source)
+    log(
+        f"{len(train_rows)} training and {len(val_rows)} validation images at {img_size}px "
+        f"from the {'pixel cache' if train_ds.source == 'cache' else 'PNG files'}"
+    )
+    model = build_backbone(backbone)
+    cfg = TrainConfig(out=str(out), **train_kwargs)
+    if init_from is not None and not (cfg.resume and (Path(out) / "last.pt").exists()):
+        from .checkpoint import init_from as load_init
+
+        report = load_init(model, init_from)
+        log(report.describe())
+    cfg.extra = {
+        "stage": "train-image",
+        "store": str(store.path),
+        "fold": fold,
+        "backbone": backbone,
+        "img_size": img_size,
+        "negatives": negatives,
+        "init_from": str(init_from) if init_from else None,
+        "n_train": int(len(train_rows)),
+        "n_val": int(len(val_rows)),
+    }
+    trainer = Trainer(model, train_ds, val_ds, cfg, progress=progress, log=log, callbacks=callbacks)
+    summary = trainer.fit()
+    summary.update({"n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "source": train_ds.source})
+    return summary
