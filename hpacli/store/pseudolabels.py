@@ -1,0 +1,255 @@
+"""Cell pseudo-labels and embeddings (``hpa pseudolabel``), one run per name.
+
+Layout (group ``labels/<run>``; rows aligned with the cells table)::
+
+    labels/<run>/probs       float32 [C, 19]  sigmoid averaged over views; NaN = not labelled
+    labels/<run>/embeddings  float16 [C, D]   embedding averaged over views; 0 = not labelled
+    labels/<run>/model       int8    [C]      fold of the model that labelled the cell; -1 = none
+    labels/<run>/_done       bool    [blocks] BlockWork done markers (block = BLOCK rows)
+
+Arrays are chunked by ``BLOCK`` rows, so ``--shard i/n`` processes write disjoint
+chunks. A cell is *labelled* when its block is done and ``model >= 0`` (cells of test
+images, unused images and skipped duplicates are never labelled).
+
+Group attributes: ``encoding`` ``hpacli-pseudolabels`` v1, ``cells_table_id`` (the
+cells table the rows belong to), ``models`` (``{fold: {"path", "bytes", "mtime"}}``),
+``views``, ``img_size`` (``{fold: int}``), ``embedding_dim``, ``block``, and the stage's
+``provenance`` record.
+
+Readers (stable; the de-noising stage and the cell trainer build on them):
+:func:`list_runs`, :func:`run_info`, :func:`read_probs`, :func:`read_model`,
+:func:`labelled_mask`, :func:`iter_embeddings`, :func:`read_embeddings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..classes import N_CLASSES
+from ..errors import StoreError
+
+GROUP = "labels"
+BLOCK = 1024
+ENCODING = "hpacli-pseudolabels"
+
+
+def run_key(run: str) -> str:
+    if not run or "/" in run or run.startswith(".") or run.startswith("_"):
+        raise StoreError(f"bad run name {run!r}: use letters, digits, - and _ (no '/', not starting with '.' or '_')")
+    return f"{GROUP}/{run}"
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def list_runs(store) -> list[str]:
+    """Names of the pseudo-label runs in the store (complete or not)."""
+    folder = store.path / GROUP
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and (p / "probs" / "zarr.json").exists()
+    )
+
+
+def _require(store, run: str) -> str:
+    key = run_key(run)
+    if not store.has(f"{key}/probs"):
+        runs = list_runs(store)
+        have = f"; runs in the store: {', '.join(runs)}" if runs else ""
+        raise StoreError(f"the store {store.path} has no pseudo-labels {run!r}; run `hpa pseudolabel --run {run}`{have}")
+    return key
+
+
+def run_info(store, run: str) -> dict:
+    """The run's attributes (models, views, img_size, cells_table_id, provenance, ...)
+    plus ``n_cells``, ``blocks_done``, ``blocks``, ``complete`` and ``stale`` (True when
+    the cells table was rewritten since)."""
+    key = _require(store, run)
+    info = dict(store.attrs(key))
+    from .cells import GROUP as CELLS
+    from .work import BlockWork
+
+    n = int(store.array(f"{key}/probs").shape[0])
+    work = BlockWork(store, key, n, int(info.get("block", BLOCK)))
+    info["n_cells"] = n
+    info["blocks"] = work.n_blocks
+    info["blocks_done"] = work.n_done
+    info["complete"] = work.all_done()
+    current = store.attrs(CELLS).get("table_id") if store.has(CELLS) else None
+    info["stale"] = current != info.get("cells_table_id")
+    return info
+
+
+def check_current(store, run: str) -> None:
+    """Raise when the run was computed for another cells table (segmentation redone)."""
+    if run_info(store, run)["stale"]:
+        raise StoreError(
+            f"pseudo-labels {run!r} belong to an older cells table (segmentation was redone); "
+            f"run `hpa pseudolabel --run {run} --overwrite`"
+        )
+
+
+def _done_rows(store, key: str, n: int, block: int) -> np.ndarray:
+    from .work import BlockWork
+
+    done = BlockWork(store, key, n, block).done_mask()
+    return np.repeat(done, block)[:n] if n else np.zeros(0, dtype=bool)
+
+
+def read_model(store, run: str) -> np.ndarray:
+    """int8 ``[C]``: the fold of the model that labelled each cell, -1 where none did
+    (yet: rows of blocks not done read -1)."""
+    key = _require(store, run)
+    model = np.asarray(store.array(f"{key}/model")[:]).astype(np.int8)
+    block = int(store.attrs(key).get("block", BLOCK))
+    model[~_done_rows(store, key, len(model), block)] = -1
+    return model
+
+
+def labelled_mask(store, run: str) -> np.ndarray:
+    """bool ``[C]``: cells whose pseudo-labels are stored."""
+    return read_model(store, run) >= 0
+
+
+def read_probs(store, run: str) -> np.ndarray:
+    """float32 ``[C, 19]`` probabilities; rows of unlabelled cells are NaN."""
+    key = _require(store, run)
+    probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
+    probs[~labelled_mask(store, run)] = np.nan
+    return probs
+
+
+def embedding_dim(store, run: str) -> int:
+    return int(store.array(f"{_require(store, run)}/embeddings").shape[1])
+
+
+def iter_embeddings(
+    store, run: str, rows: np.ndarray | None = None, chunk: int = 65536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(row_indices int64 [k], embeddings float16 [k, D])`` chunk by chunk, so that
+    millions of cells never sit in memory at once. ``rows`` (sorted or not; bool mask or
+    indices) selects cells; the default is every cell. Embeddings of unlabelled cells
+    are zeros (use :func:`labelled_mask` to select)."""
+    key = _require(store, run)
+    arr = store.array(f"{key}/embeddings")
+    n = int(arr.shape[0])
+    if rows is None:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            yield np.arange(start, stop, dtype=np.int64), np.asarray(arr[start:stop])
+        return
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    rows = rows.astype(np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise StoreError(f"row indices outside 0..{n - 1}")
+    for start in range(0, len(rows), chunk):
+        sel = rows[start : start + chunk]
+        order = np.argsort(sel, kind="stable")
+        s = sel[order]
+        lo, hi = int(s[0]), int(s[-1]) + 1
+        block = np.asarray(arr[lo:hi])[s - lo]  # one contiguous read per chunk
+        out = np.empty_like(block)
+        out[order] = block
+        yield sel, out
+
+
+def read_embeddings(store, run: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """All selected embeddings at once (float16 ``[k, D]``); prefer :func:`iter_embeddings`."""
+    parts = [e for _, e in iter_embeddings(store, run, rows)]
+    if not parts:
+        return np.zeros((0, embedding_dim(store, run)), dtype=np.float16)
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------- writers (the stage)
+
+
+def prepare_run(store, run: str, n_cells: int, dim: int, attrs: dict, block: int = BLOCK, overwrite: bool = False):
+    """Create (or reopen) the run's arrays; returns the group key.
+
+    An existing run made for another cells table, or with other models, views or image
+    sizes, is an error unless ``overwrite`` (which deletes it first).
+    """
+    key = run_key(run)
+    if overwrite:
+        store.delete(key)
+    elif store.has(f"{key}/probs"):
+        old = store.attrs(key)
+        for name in ("cells_table_id", "models", "views", "img_size"):
+            if old.get(name) != attrs.get(name):
+                raise StoreError(
+                    f"pseudo-labels {run!r} exist with other {name.replace('_', ' ')} "
+                    f"({old.get(name)!r} vs {attrs.get(name)!r}); use another --run name or --overwrite"
+                )
+    store.group(GROUP, create=True)
+    store.group(key, create=True)
+    n = max(int(n_cells), 0)
+    store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
+                       encoding="cell-probabilities", fill_value=float("nan"))
+    store.ensure_array(f"{key}/embeddings", (n, int(dim)), "float16", (block, int(dim)),
+                       encoding="cell-embeddings", fill_value=0.0)
+    store.ensure_array(f"{key}/model", (n,), "int8", (block,), encoding="fold-index", fill_value=-1)
+    store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),
+                             "embedding_dim": int(dim), **attrs})
+    return key
+
+
+def write_block(store, run: str, start: int, probs: np.ndarray, embeddings: np.ndarray, model: np.ndarray) -> None:
+    """Write rows ``start : start + len(probs)`` (a whole block: whole chunks)."""
+    key = run_key(run)
+    stop = start + len(probs)
+    store.array(f"{key}/probs")[start:stop] = np.asarray(probs, dtype=np.float32)
+    store.array(f"{key}/embeddings")[start:stop] = np.asarray(embeddings, dtype=np.float16)
+    store.array(f"{key}/model")[start:stop] = np.asarray(model, dtype=np.int8)
+
+
+# ---------------------------------------------------------------------------- hpa info
+
+
+def coverage_rows(store) -> list[dict]:
+    """Cells labelled / cells total per run and image fold (for ``hpa info``)."""
+    from .cells import CellTable
+    from .folds import read_image_folds
+
+    runs = list_runs(store)
+    if not runs or not store.has("cells"):
+        return []
+    cells = CellTable(store)
+    try:
+        folds = read_image_folds(store)
+    except StoreError:
+        folds = np.full(cells.n_images, -1, dtype=np.int8)
+    image = cells.column("image")
+    cell_fold = folds[image] if len(image) else np.zeros(0, dtype=np.int8)
+    out = []
+    for run in runs:
+        try:
+            info = run_info(store, run)
+            model = read_model(store, run)
+        except StoreError:
+            continue
+        if len(model) != len(cell_fold):
+            out.append({"run": run, "fold": "-", "labelled": "-", "cells": "-", "coverage": "stale (cells changed)"})
+            continue
+        for f in sorted(set(cell_fold.tolist())):
+            sel = cell_fold == f
+            total = int(sel.sum())
+            done = int((model[sel] >= 0).sum())
+            out.append({
+                "run": run + (" (stale)" if info["stale"] else ""),
+                "fold": "unused" if f < 0 else str(f),
+                "labelled": done,
+                "cells": total,
+                "coverage": f"{100.0 * done / total:.1f}%" if total else "-",
+            })
+    return out
+
+
+def summary_section(store):
+    rows = coverage_rows(store)
+    return ("pseudo-labels: cells labelled per fold", rows) if rows else None
