@@ -1,0 +1,363 @@
+"""The metric: a hand-made case for every rule, a loop-based reference on random cases,
+and the label-image entry point against the CSV one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpacli.errors import InputError
+from hpacli.evaluate.masks import encode_mask
+from hpacli.evaluate.metric import (
+    average_precision,
+    evaluate,
+    evaluate_frames,
+    evaluate_instances,
+    pairwise_iou,
+)
+from hpacli.evaluate.submission import HEADER, ImageInstances, format_prediction_string, parse_frame
+
+
+def rect(h, w, r0, r1, c0, c1):
+    m = np.zeros((h, w), bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def frame(rows):
+    """rows: [(ID, H, W, [(label, score, bool mask), ...])] -> a submission/truth DataFrame."""
+    data = []
+    for image_id, h, w, triples in rows:
+        pred = format_prediction_string(
+            [t[0] for t in triples], [t[1] for t in triples], [encode_mask(t[2]) for t in triples]
+        )
+        data.append((image_id, w, h, pred))
+    return pd.DataFrame(data, columns=list(HEADER))
+
+
+def truth(rows):
+    """rows: [(ID, H, W, [(label, bool mask), ...])] -> truth frame (confidence 1)."""
+    return frame([(i, h, w, [(c, 1, m) for c, m in t]) for i, h, w, t in rows])
+
+
+# 20x20 images; A and B are two disjoint cells of 40 pixels
+H = W = 20
+A = rect(H, W, 0, 4, 0, 10)
+B = rect(H, W, 10, 14, 0, 10)
+C = rect(H, W, 10, 14, 10, 20)
+
+
+def test_perfect_predictions_score_one():
+    t = truth([("a", H, W, [(0, A), (2, A), (5, B)]), ("b", H, W, [(0, C), (18, B)])])
+    res = evaluate_frames(t, t)
+    assert res.mAP == 1.0
+    assert {c for c, v in res.per_class_ap.items() if not math.isnan(v)} == {0, 2, 5, 18}
+    assert res.n_truth[0] == 2 and res.n_det[0] == 2 and res.n_tp[0] == 2
+    assert evaluate_frames(t, t, iou="box").mAP == 1.0
+
+
+def test_taken_instance_is_a_false_positive_without_fallback():
+    # d3's best instance is a_big (IoU 70/90); once a_big is taken, d3 is a false positive
+    # even when its second-best instance a2_small (IoU 20/90) would pass a low threshold.
+    d3 = rect(H, W, 0, 10, 0, 9)  # 90 px
+    a_big = rect(H, W, 0, 10, 0, 7)  # 70 px inside d3
+    a2_small = rect(H, W, 0, 10, 7, 9)  # 20 px inside d3, disjoint from a_big
+    t = truth([("x", H, W, [(0, a_big), (0, a2_small)])])
+    sub = frame([("x", H, W, [(0, 0.9, a_big), (0, 0.8, d3)])])
+    res = evaluate_frames(t, sub)
+    assert res.n_tp[0] == 1 and res.n_det[0] == 2
+    assert res.per_class_ap[0] == pytest.approx(0.5)  # TP, FP; recall stops at 1/2
+    # with the threshold low enough for the second-best instance, still no fallback
+    res = evaluate_frames(t, sub, threshold=0.2)
+    assert res.n_tp[0] == 1
+    # the same detection ranked first takes the instance; the exact one is then the FP
+    sub2 = frame([("x", H, W, [(0, 0.7, a_big), (0, 0.8, d3)])])
+    res2 = evaluate_frames(t, sub2)
+    assert res2.n_tp[0] == 1 and res2.per_class_ap[0] == pytest.approx(0.5)
+
+
+def test_class_absent_from_image_truth_is_dropped():
+    t = truth([("a", H, W, [(0, A)]), ("b", H, W, [(3, B)])])
+    # class 3 predicted in image a (no class 3 there) with a top score: dropped, not an FP
+    sub = frame([("a", H, W, [(0, 0.9, A), (3, 0.99, A), (3, 0.98, C)]), ("b", H, W, [(3, 0.5, B)])])
+    res = evaluate_frames(t, sub)
+    assert res.per_class_ap[3] == 1.0
+    assert res.n_det[3] == 1 and res.n_dropped == 2
+    assert res.mAP == 1.0
+
+
+def test_empty_prediction_string_and_missing_images():
+    t = truth([("a", H, W, [(0, A)]), ("b", H, W, [(1, B)])])
+    sub = pd.DataFrame([("a", W, H, ""), ("b", W, H, format_prediction_string([1], [0.3], [encode_mask(B)]))],
+                       columns=list(HEADER))
+    res = evaluate_frames(t, sub)
+    assert res.per_class_ap[0] == 0.0  # truth but no detections
+    assert res.per_class_ap[1] == 1.0
+    assert math.isnan(res.per_class_ap[2])  # no truth anywhere
+    assert res.mAP == pytest.approx(0.5)  # NaN classes left out of the mean
+    # an image missing from the submission counts as no detections
+    res = evaluate_frames(t, sub.iloc[1:])
+    assert res.per_class_ap[0] == 0.0 and res.n_images_without_pred == 1
+    # an empty submission: every class with truth scores 0
+    empty = pd.DataFrame([], columns=list(HEADER))
+    res = evaluate_frames(t, empty)
+    assert res.mAP == 0.0
+
+
+def test_image_without_truth_is_ignored():
+    t = truth([("a", H, W, [(0, A)])])
+    sub = frame([("a", H, W, [(0, 0.5, A)]), ("zz", H, W, [(0, 0.9, A), (0, 0.95, B)])])
+    res = evaluate_frames(t, sub)
+    assert res.mAP == 1.0
+    assert res.n_images_without_truth == 1 and res.n_dropped == 2 and res.n_det[0] == 1
+    # an image whose truth row is empty has no evaluatable class either
+    t2 = pd.concat([t, pd.DataFrame([("zz", W, H, "")], columns=list(HEADER))])
+    res2 = evaluate_frames(t2, sub)
+    assert res2.mAP == 1.0 and res2.n_dropped == 2 and res2.n_images_without_truth == 0
+
+
+def test_ties_group_is_order_independent_first_follows_order():
+    t = truth([("a", H, W, [(0, A)]), ("b", H, W, [(0, A)])])
+    tp_first = frame([("a", H, W, [(0, 0.5, A)]), ("b", H, W, [(0, 0.5, C)])])  # TP in a, FP in b
+    fp_first = tp_first.iloc[::-1].reset_index(drop=True)
+    # group: one threshold at 0.5 -> precision 1/2 at recall 1/2
+    assert evaluate_frames(t, tp_first).per_class_ap[0] == pytest.approx(0.25)
+    assert evaluate_frames(t, fp_first).per_class_ap[0] == pytest.approx(0.25)
+    # first: order of appearance (submission rows, then triples)
+    assert evaluate_frames(t, tp_first, ties="first").per_class_ap[0] == pytest.approx(0.5)
+    assert evaluate_frames(t, fp_first, ties="first").per_class_ap[0] == pytest.approx(0.25)
+    # within one PredictionString, too
+    t1 = truth([("a", H, W, [(0, A), (0, B)])])
+    s_tp = frame([("a", H, W, [(0, 0.5, A), (0, 0.5, C)])])
+    s_fp = frame([("a", H, W, [(0, 0.5, C), (0, 0.5, A)])])
+    assert evaluate_frames(t1, s_tp, ties="first").per_class_ap[0] == pytest.approx(0.5)
+    assert evaluate_frames(t1, s_fp, ties="first").per_class_ap[0] == pytest.approx(0.25)
+    assert evaluate_frames(t1, s_fp).per_class_ap[0] == evaluate_frames(t1, s_tp).per_class_ap[0] == 0.25
+    # two tied detections of the same instance: one TP, one FP whatever the order
+    s_dup = frame([("a", H, W, [(0, 0.5, A), (0, 0.5, A)])])
+    assert evaluate_frames(t1, s_dup).n_tp[0] == 1
+    with pytest.raises(InputError, match="ties"):
+        evaluate_frames(t1, s_dup, ties="random")
+
+
+def test_iou_exactly_at_threshold_is_a_match():
+    gt = rect(H, W, 0, 2, 0, 5)  # 10 px
+    six = rect(H, W, 0, 2, 0, 3)  # 6 px inside: IoU = 6/10 = 0.6 exactly
+    below = rect(H, W, 0, 2, 0, 3) | rect(H, W, 5, 6, 0, 1)  # 6 px inside + 1 outside: 6/11
+    t = truth([("a", H, W, [(0, gt)])])
+    assert evaluate_frames(t, frame([("a", H, W, [(0, 0.5, six)])])).mAP == 1.0
+    assert evaluate_frames(t, frame([("a", H, W, [(0, 0.5, below)])])).mAP == 0.0
+    assert evaluate_frames(t, frame([("a", H, W, [(0, 0.5, six)])]), threshold=0.61).mAP == 0.0
+    # box IoU exactly 0.6 (16x16 image: the normalised coordinates are exact in binary)
+    gt_box = rect(16, 16, 0, 2, 0, 5)
+    t = truth([("a", 16, 16, [(0, gt_box)])])
+    sub = frame([("a", 16, 16, [(0, 0.5, rect(16, 16, 0, 2, 0, 3))])])
+    assert evaluate_frames(t, sub, iou="box").mAP == 1.0
+
+
+def test_empty_predicted_masks_are_ignored():
+    t = truth([("a", H, W, [(0, A)])])
+    empty = np.zeros((H, W), bool)
+    sub = frame([("a", H, W, [(0, 0.99, empty), (0, 0.5, A), (1, 0.9, empty)])])
+    res = evaluate_frames(t, sub)
+    assert res.mAP == 1.0 and res.n_empty == 2 and res.n_det[0] == 1
+
+
+def test_box_iou_uses_normalised_bounding_boxes():
+    ring = rect(H, W, 2, 12, 2, 12) & ~rect(H, W, 3, 11, 3, 11)  # hollow square, 36 px
+    filled = rect(H, W, 2, 12, 2, 12)  # 100 px, same bounding box
+    t = truth([("a", H, W, [(0, ring)])])
+    sub = frame([("a", H, W, [(0, 0.5, filled)])])
+    assert evaluate_frames(t, sub, iou="mask").mAP == 0.0  # pixel IoU 0.36
+    assert evaluate_frames(t, sub, iou="box").mAP == 1.0  # same box
+    # the boxes as the evaluator normalises them: ymin=r0/H, xmin=c0/W, ymax=(r1+1)/H, xmax=(c1+1)/W
+    from hpacli.evaluate.metric import _boxes
+
+    parsed = parse_frame(frame([("a", 10, 16, [(0, 1, rect(10, 16, 2, 5, 3, 9))])])).images["a"]
+    assert np.allclose(_boxes(parsed), [[2 / 10, 3 / 16, 5 / 10, 9 / 16]])
+    lab = np.zeros((10, 16), np.int32)
+    lab[2:5, 3:9] = 7
+    inst = ImageInstances.from_label_truth("a", lab, {7: [0]})
+    assert np.array_equal(_boxes(inst), _boxes(parsed))
+    # one-pixel boxes side by side do not overlap
+    p1 = parse_frame(frame([("a", 4, 4, [(0, 1, rect(4, 4, 1, 2, 1, 2)), (0, 1, rect(4, 4, 1, 2, 2, 3))])]))
+    iou = pairwise_iou(p1.images["a"], p1.images["a"], "box")
+    assert np.allclose(iou, np.eye(2))
+
+
+def test_average_precision_is_voc_monotone():
+    # TP, FP, TP with 2 instances: (r=.5, p=1), (r=1, p=2/3)
+    assert average_precision(np.array([3, 2, 1.0]), np.array([1, 0, 1], bool), 2) == pytest.approx(0.5 + 1 / 3)
+    # FP, TP, TP: precision at recall 1/2 (1/2) is raised to the later 2/3
+    assert average_precision(np.array([3, 2, 1.0]), np.array([0, 1, 1], bool), 2) == pytest.approx(2 / 3)
+    # recall that never reaches 1
+    assert average_precision(np.array([1.0]), np.array([1], bool), 4) == pytest.approx(0.25)
+    assert average_precision(np.zeros(0), np.zeros(0, bool), 3) == 0.0
+    assert math.isnan(average_precision(np.array([1.0]), np.array([0], bool), 0))
+
+
+def test_bad_inputs_raise_input_errors_with_lines():
+    t = truth([("a", H, W, [(0, A)])])
+    sub = frame([("a", H, W, [(0, 0.5, A)])])
+    bad = sub.copy()
+    bad.loc[0, "PredictionString"] = "19 0.5 " + encode_mask(A)
+    with pytest.raises(InputError, match=r"line 2, ID a: triple 1: label 19 is outside 0\.\.18"):
+        evaluate_frames(t, bad)
+    bad.loc[0, "PredictionString"] = "0 high " + encode_mask(A)
+    with pytest.raises(InputError, match="confidence 'high' is not a number"):
+        evaluate_frames(t, bad)
+    other_size = frame([("a", H + 1, W, [(0, 0.5, rect(H + 1, W, 0, 3, 0, 3))])])
+    with pytest.raises(InputError, match="differs from the truth"):
+        evaluate_frames(t, other_size)
+    with pytest.raises(InputError, match="--iou"):
+        evaluate_frames(t, sub, iou="segm")
+
+
+# ---------------------------------------------------------------- reference implementation
+
+
+def _decode_rows(df):
+    from hpacli.evaluate.masks import decode_mask
+
+    out = {}
+    for _, row in df.iterrows():
+        tok = row.PredictionString.split()
+        h, w = int(row.ImageHeight), int(row.ImageWidth)
+        out[row.ID] = [(int(tok[i]), float(tok[i + 1]), decode_mask(tok[i + 2], h, w)) for i in range(0, len(tok), 3)]
+    return out
+
+
+def _reference_map(truth_df, sub_df, thr=0.6):
+    """The rules written out with loops over pixels-as-arrays, for distinct scores."""
+    gts, dets = _decode_rows(truth_df), _decode_rows(sub_df)
+    pooled = {c: [] for c in range(19)}
+    n_gt = {c: 0 for c in range(19)}
+    for gt in gts.values():
+        for c, _, _ in gt:
+            n_gt[c] += 1
+    for image_id, det in dets.items():
+        gt = gts.get(image_id, [])
+        classes = {c for c, _, _ in gt}
+        for c in classes:
+            inst = [m for cc, _, m in gt if cc == c]
+            taken = [False] * len(inst)
+            mine = sorted([(s, m) for cc, s, m in det if cc == c and m.any()], key=lambda x: -x[0])
+            for s, m in mine:
+                ious = [(m & g).sum() / (m | g).sum() for g in inst]
+                j = int(np.argmax(ious))
+                ok = ious[j] >= thr and not taken[j]
+                if ok:
+                    taken[j] = True
+                pooled[c].append((s, ok))
+    aps = []
+    for c in range(19):
+        if n_gt[c] == 0:
+            continue
+        items = sorted(pooled[c], key=lambda x: -x[0])
+        tp = fp = 0
+        points = []
+        for _, ok in items:
+            tp += ok
+            fp += not ok
+            points.append((tp / n_gt[c], tp / (tp + fp)))
+        ap, prev_r = 0.0, 0.0
+        for i, (r, _) in enumerate(points):
+            best_p = max(p for _, p in points[i:])
+            ap += (r - prev_r) * best_p
+            prev_r = r
+        aps.append(ap)
+    return float(np.mean(aps))
+
+
+def _random_case(rng, n_images=6, size=24):
+    truth_rows, sub_rows = [], []
+    for i in range(n_images):
+        cells = []
+        for _ in range(rng.integers(0, 5)):
+            r0, c0 = rng.integers(0, size - 4, size=2)
+            cells.append(rect(size, size, r0, r0 + rng.integers(3, 9), c0, c0 + rng.integers(3, 9)))
+        gt = [(int(c), m) for m in cells for c in rng.choice(4, size=rng.integers(1, 3), replace=False)]
+        det = []
+        for m in cells:
+            shifted = np.roll(m, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
+            for c in range(4):
+                if rng.random() < 0.7:
+                    det.append((c, float(rng.random()), shifted if rng.random() < 0.8 else m))
+        if rng.random() < 0.5:
+            det.append((int(rng.integers(0, 4)), float(rng.random()), rect(size, size, 0, 5, 0, 5)))
+        truth_rows.append((f"img{i}", size, size, gt))
+        sub_rows.append((f"img{i}", size, size, det))
+    return truth(truth_rows), frame(sub_rows)
+
+
+def test_random_cases_match_a_loop_reference():
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        t, s = _random_case(rng)
+        expected = _reference_map(t, s)
+        for ties in ("group", "first"):
+            got = evaluate_frames(t, s, ties=ties).mAP
+            if math.isnan(expected):
+                assert math.isnan(got)
+            else:
+                assert got == pytest.approx(expected, abs=1e-12)
+
+
+def _random_labels(rng, size, n):
+    lab = np.zeros((size, size), np.int32)
+    for k in range(1, n + 1):
+        r0, c0 = rng.integers(0, size - 6, size=2)
+        lab[r0 : r0 + rng.integers(4, 12), c0 : c0 + rng.integers(4, 12)] = k
+    return lab
+
+
+@pytest.mark.parametrize("iou", ["mask", "box"])
+def test_label_images_agree_with_csv_path(iou):
+    from hpacli.evaluate.submission import submission_row, truth_row
+
+    rng = np.random.default_rng(11)
+    truth_in, preds_in, t_rows, p_rows = {}, {}, [], []
+    for i in range(5):
+        tl = _random_labels(rng, 32, 5)
+        pl = np.where(rng.random(tl.shape) < 0.05, 0, np.roll(tl, 1, axis=1)) * 3  # other ids
+        cells = {int(k): rng.choice(19, size=rng.integers(1, 3), replace=False).tolist() for k in np.unique(tl) if k}
+        probs = {int(k): rng.random(19) for k in np.unique(pl) if k}
+        probs[999] = rng.random(19)  # absent from the label image: an empty mask, dropped
+        truth_in[f"i{i}"] = (tl, cells)
+        preds_in[f"i{i}"] = (pl, probs)
+        t_rows.append(truth_row(f"i{i}", tl, cells))
+        p_rows.append(submission_row(f"i{i}", pl, probs))
+    a = evaluate_instances(truth_in, preds_in, iou=iou)
+    b = evaluate_frames(pd.DataFrame(t_rows, columns=list(HEADER)), pd.DataFrame(p_rows, columns=list(HEADER)), iou=iou)
+    assert a.n_det == b.n_det and a.n_truth == b.n_truth and a.n_tp == b.n_tp
+    assert a.mAP == pytest.approx(b.mAP, abs=1e-12)
+    assert a.n_empty == 5 * 19
+    # mixed: truth from the CSV, predictions from label images
+    t_parsed = parse_frame(pd.DataFrame(t_rows, columns=list(HEADER)), kind="truth").images
+    p_inst = {k: ImageInstances.from_label_scores(k, lab, pr) for k, (lab, pr) in preds_in.items()}
+    assert evaluate(t_parsed, p_inst, iou=iou).mAP == pytest.approx(a.mAP, abs=1e-12)
+
+
+def test_evaluate_instances_perfect_and_bad_input():
+    lab = np.zeros((16, 16), np.int32)
+    lab[:8, :8], lab[8:, 8:] = 1, 2
+    cells = {1: [0, 11], 2: [3]}
+    probs = {1: np.eye(19)[0] + np.eye(19)[11], 2: np.eye(19)[3]}
+    assert evaluate_instances({"a": (lab, cells)}, {"a": (lab, probs)}).mAP == 1.0
+    with pytest.raises(InputError, match="cell 5 is not in its label image"):
+        evaluate_instances({"a": (lab, {5: [0]})}, {"a": (lab, probs)})
+    with pytest.raises(InputError, match="19 finite scores"):
+        evaluate_instances({"a": (lab, cells)}, {"a": (lab, {1: [0.5] * 18})})
+    with pytest.raises(InputError, match="differs from the truth"):
+        evaluate_instances({"a": (lab, cells)}, {"a": (lab[:8], {1: np.zeros(19)})})
+
+
+def test_json_dict_has_every_class_and_null_for_nan():
+    t = truth([("a", H, W, [(0, A)])])
+    d = evaluate_frames(t, t).to_json_dict()
+    assert d["mAP"] == 1.0
+    assert list(d["per_class_AP"]) == [str(c) for c in range(19)]
+    assert d["per_class_AP"]["0"] == 1.0 and d["per_class_AP"]["1"] is None
