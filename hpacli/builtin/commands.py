@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
     ("train-image", "train_image", TRAINING),
+    ("pseudolabel", "pseudolabel", INFERENCE),
 ]
 
 del TRAINING, INFERENCE  # panels used as commands land

@@ -28,3 +28,12 @@ def summarize(store) -> dict:
             title, rows = out
             tables[title] = rows
     return {"counts": counts, "stages": stage_records(store), "bytes": size, "files": files, "tables": tables}
+
+
+def _pseudolabel_coverage(store):
+    from .pseudolabels import summary_section
+
+    return summary_section(store)
+
+
+SUMMARY_SECTIONS.append(_pseudolabel_coverage)
