@@ -12,11 +12,12 @@ channel. Two searches give the same pairs:
   per pair; the baseline.
 * :func:`find_pairs_indexed`: multi-index hashing on the first channel. Its 64 bits are
   cut into ``m`` blocks; when two hashes differ in at most ``t`` bits, some block differs
-  in at most ``t // m`` bits (pigeonhole). For each block the hashes are bucketed by the
-  block's value and only bucket pairs ``(u, u ^ f)`` with ``popcount(f) <= t // m`` are
-  expanded into candidates, which are then verified on all channels. ``m`` is chosen by
-  a cost model (for 100,000 hashes and t = 12: four 16-bit blocks, radius 3, so about
-  4 · 697 / 65536 ≈ 4 % of all pairs are looked at).
+  in at most ``t // m`` bits (pigeonhole; refined in :func:`block_radii`: with t = 12 and
+  4 blocks, the first block within 3 bits or another within 2). For each block the
+  hashes are bucketed by the block's value and only bucket pairs ``(u, u ^ f)`` with
+  ``popcount(f)`` within the block's radius are expanded into candidates, which are then
+  verified on all channels. ``m`` is chosen by a cost model (for 100,000 hashes and
+  t = 12: four 16-bit blocks, so (697 + 3·137) / 65536 ≈ 1.7 % of all pairs are looked at).
 
 Groups are the connected components of the pair graph, named by their smallest member.
 """
@@ -71,11 +72,12 @@ def _check(hashes: np.ndarray, threshold: int) -> np.ndarray:
     return np.ascontiguousarray(h.astype(np.uint64, copy=False))
 
 
-def _verify(h: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _verify(h: np.ndarray | list, i: np.ndarray, j: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep candidate pairs within ``threshold`` in every channel; return i, j, distances [P, C]."""
     dists = []
-    for c in range(h.shape[1]):
-        d = hamming(h[i, c], h[j, c])
+    cols = h if isinstance(h, list) else [h[:, c] for c in range(h.shape[1])]
+    for col in cols:
+        d = hamming(col[i], col[j])
         keep = d <= threshold
         i, j, d = i[keep], j[keep], d[keep]
         dists = [x[keep] for x in dists] + [d]
@@ -138,7 +140,16 @@ def _block_layout(m: int) -> list[tuple[int, int]]:
 
 
 def _n_masks(bits: int, radius: int) -> int:
-    return sum(comb(bits, k) for k in range(min(bits, radius) + 1))
+    return sum(comb(bits, k) for k in range(min(bits, radius) + 1)) if radius >= 0 else 0
+
+
+def block_radii(m: int, threshold: int) -> list[int]:
+    """Search radius per block. With ``threshold = m·r + a`` (0 <= a < m), two hashes within
+    ``threshold`` agree to within ``r`` bits in one of the first ``a + 1`` blocks or within
+    ``r - 1`` bits in one of the others (else the distance would be at least
+    ``(a+1)(r+1) + (m-a-1)r = threshold + 1``). A radius of -1 means the block is not searched."""
+    r, a = divmod(threshold, m)
+    return [r if k <= a else r - 1 for k in range(m)]
 
 
 def choose_blocks(n: int, threshold: int) -> int:
@@ -146,13 +157,12 @@ def choose_blocks(n: int, threshold: int) -> int:
     best_m, best_cost = 1, float("inf")
     for m in range(1, 17):
         cost = 0.0
-        for _, bits in _block_layout(m):
+        for (_, bits), radius in zip(_block_layout(m), block_radii(m, threshold)):
             if bits > MAX_BLOCK_BITS:
                 cost = float("inf")
                 break
-            masks = _n_masks(bits, threshold // m)
-            buckets = min(n, 2**bits)
-            cost += masks * buckets + 4.0 * (n * n / 2.0) * masks / 2**bits
+            masks = _n_masks(bits, radius)
+            cost += masks * n + 4.0 * (n * n / 2.0) * masks / 2**bits
         if cost < best_cost:
             best_m, best_cost = m, cost
     return best_m
@@ -163,21 +173,19 @@ def _masks(bits: int, radius: int) -> np.ndarray:
     return values[np.bitwise_count(values) <= radius]
 
 
-def _expand(starts_a, counts_a, starts_b, counts_b, order, same: bool):
-    """Every member pair of bucket pairs (a, b): indices into the hash array."""
-    n_pairs = counts_a * counts_b
+def _within_buckets(starts, counts, order):
+    """Every pair of members inside each bucket: indices into the hash array."""
+    n_pairs = counts * counts
     total = int(n_pairs.sum())
-    if total == 0:
+    if total == len(counts):  # all buckets hold one hash
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     which = np.repeat(np.arange(len(n_pairs)), n_pairs)
-    base = np.cumsum(n_pairs) - n_pairs
-    local = np.arange(total, dtype=np.int64) - base[which]
-    cb = counts_b[which]
-    ia, ib = local // cb, local % cb
-    if same:  # pairs inside one bucket: each unordered pair once
-        keep = ia < ib
-        which, ia, ib = which[keep], ia[keep], ib[keep]
-    return order[starts_a[which] + ia], order[starts_b[which] + ib]
+    local = np.arange(total, dtype=np.int64) - (np.cumsum(n_pairs) - n_pairs)[which]
+    c = counts[which]
+    ia, ib = local // c, local % c
+    keep = ia < ib
+    which, ia, ib = which[keep], ia[keep], ib[keep]
+    return order[starts[which] + ia], order[starts[which] + ib]
 
 
 def find_pairs_indexed(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, n_blocks: int | None = None,
@@ -191,40 +199,50 @@ def find_pairs_indexed(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, n
     layout = _block_layout(m)
     if layout[0][1] > MAX_BLOCK_BITS or m > HASH_BITS:
         raise ValueError(f"n_blocks must be between {-(-HASH_BITS // MAX_BLOCK_BITS)} and {HASH_BITS}")
-    radius = threshold // m
-    first = h[:, 0]
+    cols = [np.ascontiguousarray(h[:, c]) for c in range(h.shape[1])]
+    first = cols[0]
     out_i, out_j, out_d = [], [], []
-    for shift, bits in layout:
+
+    def keep(i, j):
+        if len(i):
+            i, j, d = _verify(cols, i, j, threshold)
+            out_i.append(i)
+            out_j.append(j)
+            out_d.append(d)
+
+    positions = np.arange(n, dtype=np.int64)
+    for (shift, bits), radius in zip(layout, block_radii(m, threshold)):
+        if radius < 0:
+            if progress is not None and task is not None:
+                progress.advance(task, 1)
+            continue
         values = ((first >> np.uint64(shift)) & np.uint64(2**bits - 1)).astype(np.int64)
         order = np.argsort(values, kind="stable")
-        uniq, starts, counts = np.unique(values[order], return_index=True, return_counts=True)
+        sv = values[order]  # bucket value of each hash, in bucket order
+        uniq, starts, counts = np.unique(sv, return_index=True, return_counts=True)
         count_of = np.zeros(2**bits, dtype=np.int64)
         start_of = np.zeros(2**bits, dtype=np.int64)
         count_of[uniq] = counts
         start_of[uniq] = starts
+        keep(*_within_buckets(starts, counts, order))  # mask 0: same bucket
         masks = _masks(bits, radius)
-        per_mask = max(1.0, (n * n / 2.0) / 2**bits)
+        masks = masks[masks != 0]
+        per_mask = max(1.0, n + (n * n / 2.0) / 2**bits)
         chunk = max(1, int(CANDIDATE_BUDGET / per_mask))
-        # within-bucket pairs (mask 0)
-        i, j = _expand(starts, counts, starts, counts, order, same=True)
-        if len(i):
-            i, j, d = _verify(h, i, j, threshold)
-            out_i.append(i)
-            out_j.append(j)
-            out_d.append(d)
-        rest = masks[masks != 0]
-        for k in range(0, len(rest), chunk):
-            f = rest[k : k + chunk]
-            partner = uniq[None, :] ^ f[:, None]  # [F, K]
-            keep = (partner > uniq[None, :]) & (count_of[partner] > 0)
-            a = np.broadcast_to(uniq[None, :], partner.shape)[keep]
-            b = partner[keep]
-            i, j = _expand(start_of[a], count_of[a], start_of[b], count_of[b], order, same=False)
-            if len(i):
-                i, j, d = _verify(h, i, j, threshold)
-                out_i.append(i)
-                out_j.append(j)
-                out_d.append(d)
+        for k in range(0, len(masks), chunk):
+            f = masks[k : k + chunk]
+            partner = sv[None, :] ^ f[:, None]  # [F, N]: the neighbouring bucket of each hash
+            cnt = count_of[partner]
+            sel = (partner > sv[None, :]) & (cnt > 0)  # each bucket pair once, from its lower bucket
+            b = partner[sel]
+            c = cnt[sel]
+            q = np.broadcast_to(positions[None, :], partner.shape)[sel]
+            total = int(c.sum())
+            if total == 0:
+                continue
+            i_pos = np.repeat(q, c)
+            j_pos = np.repeat(start_of[b] - (np.cumsum(c) - c), c) + np.arange(total, dtype=np.int64)
+            keep(order[i_pos], order[j_pos])
         if progress is not None and task is not None:
             progress.advance(task, 1)
     return _finish(out_i, out_j, out_d, h.shape[1])
