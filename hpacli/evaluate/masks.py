@@ -7,6 +7,7 @@ encodes every cell of a label image at once (one Fortran copy, not one per cell)
 from __future__ import annotations
 
 import base64
+import warnings
 import zlib
 
 import numpy as np
@@ -69,7 +70,9 @@ def decode_mask(encoded: str, height: int, width: int) -> np.ndarray:
     """Decode an encoded mask to a boolean ``height×width`` array (raises ValueError)."""
     rle = rle_from_encoded(encoded, height, width)
     try:
-        decoded = mask_util.decode(rle)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = mask_util.decode(rle)
     except Exception as exc:
         raise ValueError(f"undecodable mask ({exc})") from None
     return decoded.astype(bool)

@@ -211,31 +211,42 @@ def _present_ids(label_image: np.ndarray) -> set[int]:
 def read_frame(path: str | Path):
     """Read a submission/truth CSV as strings (pandas DataFrame) after checking its header.
 
-    Adds a ``_line`` column (the line of each row; header = line 1). Raises InputError.
+    Adds a ``_line`` column (the line of each row; header = line 1). Rows without exactly
+    4 fields are left out and listed in ``df.attrs["row_problems"]`` as
+    ``(line, ID, message)`` (:func:`parse_frame` reports them). Raises InputError for a
+    missing file, a file that is not UTF-8 text or a wrong header.
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    csv.field_size_limit(1 << 30)  # a PredictionString of a big image runs to megabytes
+    rows, lines, row_problems = [], [], []
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            first = fh.readline()
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            if tuple(h.strip() for h in header) != HEADER:
+                found = ",".join(header)[:200]
+                raise InputError(f"{path}: line 1: the header must be {','.join(HEADER)}, found {found!r}")
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(HEADER):
+                    row_problems.append(
+                        (reader.line_num, row[0].strip() or None, f"{len(row)} fields, expected {len(HEADER)}")
+                    )
+                    continue
+                rows.append(row)
+                lines.append(reader.line_num)
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text (UTF-8) CSV file") from None
-    header = tuple(h.strip() for h in next(csv.reader([first]), []))
-    if header != HEADER:
-        raise InputError(
-            f"{path}: line 1: the header must be {','.join(HEADER)}, found {first.strip()[:200]!r}"
-        )
-    try:
-        df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
-            skip_blank_lines=True,
-        )
-    except Exception as exc:  # pandas' ParserError & co
-        raise InputError(f"{path}: not a readable CSV ({str(exc).strip()[:300]})") from None
-    df["_line"] = np.arange(len(df)) + 2
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+    df = pd.DataFrame(rows, columns=list(HEADER), dtype=str) if rows else pd.DataFrame(columns=list(HEADER))
+    df["_line"] = np.asarray(lines, dtype=np.int64)
+    df.attrs["row_problems"] = row_problems
     return df
 
 
@@ -268,10 +279,12 @@ def parse_frame(df, kind: str = "submission", max_problems: int = MAX_PROBLEMS) 
     if missing:
         problems.add(1, None, f"missing column(s) {', '.join(missing)}; the header must be {','.join(HEADER)}")
         return Parsed({}, problems)
+    for line, image_id, message in df.attrs.get("row_problems", []):
+        problems.add(line, image_id, message)
     lines = df["_line"].tolist() if "_line" in df.columns else list(range(2, len(df) + 2))
     images: dict[str, ImageInstances] = {}
     first_line: dict[str, int] = {}
-    out = Parsed(images, problems, n_rows=len(df))
+    out = Parsed(images, problems, n_rows=len(df) + len(df.attrs.get("row_problems", [])))
     for line, image_id, w_text, h_text, pred in zip(
         lines, df["ID"].tolist(), df["ImageWidth"].tolist(), df["ImageHeight"].tolist(),
         df["PredictionString"].tolist(),
