@@ -14,6 +14,7 @@ from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
 COMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "ingest", DATA),
     ("dedup", "dedup", DATA),
+    ("segment", "segment", INFERENCE),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
