@@ -74,11 +74,11 @@ def make_y_init(probs: np.ndarray, hand_picked: dict[int, np.ndarray] | None = N
 
 
 # ----------------------------------------------------------------------- graph + eigs
-def normalized_adjacency(a) -> tuple[Any, np.ndarray]:
-    """``S = D^-1/2 A D^-1/2`` (CSR, float64) and the degrees."""
+def normalized_adjacency(a, inplace: bool = False) -> tuple[Any, np.ndarray]:
+    """``S = D^-1/2 A D^-1/2`` (CSR, float64) and the degrees; ``inplace`` reuses ``a``'s memory."""
     import scipy.sparse as sp
 
-    a = sp.csr_matrix(a, dtype=np.float64)
+    a = sp.csr_matrix(a, dtype=np.float64, copy=not inplace)
     deg = np.asarray(a.sum(axis=1)).ravel()
     if (deg <= 0).any():
         raise HpaError(f"{int((deg <= 0).sum())} cells have no neighbour in the graph")
@@ -91,13 +91,72 @@ def normalized_adjacency(a) -> tuple[Any, np.ndarray]:
     return a, deg
 
 
+def _lanczos_deflated(s, deg: np.ndarray, n_eig: int, tol: float, seed: int, ncv: int | None):
+    """Largest eigenpairs of ``S`` with the null space of ``L`` put in by hand.
+
+    Each connected component ``c`` of the graph gives ``L`` an exact zero eigenvalue with
+    eigenvector ``D^1/2 1_c`` (normalised). A single-vector Lanczos cannot resolve a
+    repeated eigenvalue (it finds one vector of the eigenspace, sometimes a few), so these
+    vectors are written down directly and Lanczos runs on ``P S P`` with ``P`` the
+    projector onto their orthogonal complement (where they become eigenvalue 0 of ``S``,
+    i.e. 1 of ``L``, far from the wanted end).
+    """
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    n = s.shape[0]
+    n_comp, labels = connected_components(s, directed=False)
+    sizes = np.bincount(labels, minlength=n_comp)
+    root = np.sqrt(deg)
+    norms = np.sqrt(np.bincount(labels, weights=deg, minlength=n_comp))
+    n_null = min(n_comp, n_eig)
+    keep = np.argsort(-sizes, kind="stable")[:n_null]  # most cells first if there are too many
+    z = np.zeros((n, n_null))
+    for j, c in enumerate(keep):
+        members = labels == c
+        z[members, j] = root[members] / norms[c]
+    w = np.zeros(n_null)
+    rest = n_eig - n_null
+    if rest == 0:
+        return w, z
+
+    def project(x):
+        x = np.asarray(x, dtype=np.float64).reshape(n, -1)
+        coef = np.stack([np.bincount(labels, weights=root * x[:, i], minlength=n_comp) for i in range(x.shape[1])], 1)
+        coef /= norms[:, None] ** 2
+        return x - root[:, None] * coef[labels]
+
+    if n_comp == 1:
+        def matvec(x):
+            x = np.asarray(x, dtype=np.float64).ravel()
+            x = x - z[:, 0] * (z[:, 0] @ x)
+            y = s @ x
+            return y - z[:, 0] * (z[:, 0] @ y)
+    else:
+        def matvec(x):
+            return project(s @ project(x).ravel()).ravel()
+
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = project(np.random.default_rng(seed).standard_normal(n)).ravel()
+    try:
+        mu, v = eigsh(op, k=rest, which="LA", tol=tol, v0=v0, ncv=ncv)
+    except ArpackNoConvergence:
+        raise HpaError(
+            f"the Lanczos eigensolver did not converge for {n_eig} eigenpairs; "
+            "raise the tolerance (--eig-tol) or lower --n-eig"
+        ) from None
+    return np.concatenate([w, 1.0 - mu]), np.hstack([z, v])
+
+
 def laplacian_eigs(
-    a, n_eig: int = 50, method: str = "lanczos", tol: float = 1e-8, seed: int = 0, ncv: int | None = None
+    a, n_eig: int = 50, method: str = "lanczos", tol: float = 1e-8, seed: int = 0, ncv: int | None = None,
+    inplace: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_eig`` smallest eigenpairs ``(Λ ascending, V [N, n_eig])`` of the normalised Laplacian.
 
     ``lanczos``: largest of ``S = D^-1/2 A D^-1/2`` by eigsh; ``dense``: numpy eigh of ``L``
     (small N only); ``shift-invert``: eigsh on ``L`` around a small negative shift.
+    ``inplace`` scales ``a`` itself into ``S`` (saves a copy of the graph at scale).
     """
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
@@ -105,15 +164,13 @@ def laplacian_eigs(
     n = a.shape[0]
     if n_eig >= n:
         raise InputError(f"{n_eig} eigenpairs need more than {n_eig} cells; this fold has {n} (lower --n-eig)")
-    s, _ = normalized_adjacency(a)
+    s, deg = normalized_adjacency(a, inplace)
     if method == "dense":
         lap = np.eye(n) - s.toarray()
         w, v = np.linalg.eigh((lap + lap.T) / 2)
         w, v = w[:n_eig], v[:, :n_eig]
     elif method == "lanczos":
-        v0 = np.random.default_rng(seed).standard_normal(n)
-        mu, v = eigsh(s, k=n_eig, which="LA", tol=tol, v0=v0, ncv=ncv)
-        w = 1.0 - mu
+        w, v = _lanczos_deflated(s, deg, n_eig, tol, seed, ncv)
     elif method == "shift-invert":
         lap = (sp.identity(n, format="csr") - s).tocsc()
         v0 = np.random.default_rng(seed).standard_normal(n)
@@ -269,7 +326,7 @@ class GraphL1Denoiser:
         t0 = time.perf_counter()
         if progress is not None:
             task = progress.add_task("de-noise: eigenpairs", total=None, unit="", info=f"{self.n_eig} of L")
-        eigvals, v = laplacian_eigs(adj, self.n_eig, self.eig_method, self.eig_tol, self.seed)
+        eigvals, v = laplacian_eigs(adj, self.n_eig, self.eig_method, self.eig_tol, self.seed, inplace=True)
         if progress is not None:
             progress.update(task, total=1, completed=1)
         del adj

@@ -1,0 +1,242 @@
+"""graph-l1 de-noising: closed-form solver vs the faithful ADMM reference, kNN, selections, hook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpacli.errors import HpaError, InputError
+from hpacli.label import graph_l1 as gl
+from hpacli.label import knn as knnmod
+from hpacli.label import reference as ref
+from hpacli.label import select as sel
+
+
+def clustered(n=400, d=24, n_clusters=5, rare=30, missing=12, seed=0):
+    """Clusters in d dims; class c = cluster c; a rare cluster whose class-11 label is partly missing."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters + 1, d)) * 3.0
+    cluster = np.concatenate([rng.integers(0, n_clusters, n - rare), np.full(rare, n_clusters)])
+    x = centres[cluster] + rng.normal(size=(n, d))
+    probs = rng.uniform(0.0, 0.15, size=(n, 19))
+    common = cluster < n_clusters
+    probs[np.flatnonzero(common), cluster[common]] = rng.uniform(0.5, 0.95, size=common.sum())
+    rare_idx = np.flatnonzero(~common)
+    probs[rare_idx, 11] = rng.uniform(0.6, 0.95, size=rare)
+    miss = rare_idx[:missing]
+    probs[miss, 11] = rng.uniform(0.0, 0.1, size=missing)
+    return x.astype(np.float32), gl.make_y_init(probs), miss, rare_idx
+
+
+@pytest.fixture(scope="module")
+def fold():
+    return clustered()
+
+
+# ----------------------------------------------------------------------------- Y_init
+def test_y_init_adds_nothing_column_and_hand_picked():
+    p = np.array([[0.2, 0.7], [0.1, 0.3]])
+    y = gl.make_y_init(p, hand_picked={0: [1]})
+    assert y.shape == (2, 3)
+    np.testing.assert_allclose(y[:, 2], [0.3, 0.7])  # 1 - max, before hand-picking
+    assert y[1, 0] == 1.0 and y[0, 0] == 0.2
+
+
+@pytest.mark.parametrize("bad", [np.array([[np.nan, 0.1]]), np.array([[1.5, 0.1]]), np.zeros(3)])
+def test_y_init_rejects_bad_probabilities(bad):
+    with pytest.raises(InputError):
+        gl.make_y_init(bad)
+
+
+# ------------------------------------------------------------------------------ steps
+def test_a_step_closed_form_equals_admm_and_is_the_minimiser():
+    rng = np.random.default_rng(1)
+    v, _ = np.linalg.qr(rng.normal(size=(300, 10)))
+    w = np.sort(rng.uniform(0, 1.5, 10))
+    w[0] = 0.0
+    y = rng.uniform(0, 1, size=(300, 20))
+    lam = 0.3  # large enough that many entries are thresholded to zero
+    a = gl.a_step(v, y, w, lam)
+    assert (a == 0).sum() > 10
+    np.testing.assert_allclose(ref.admm_a_step(v, y, w, lam, 1000), a, atol=1e-10)
+
+    def f(a_):
+        return 0.5 * np.sum((y - v @ a_) ** 2) + lam * np.sum(np.sqrt(w)[:, None] * np.abs(a_))
+
+    base = f(a)
+    for _ in range(20):
+        assert f(a + rng.normal(size=a.shape) * 1e-3) >= base - 1e-12
+
+
+def test_y_step_is_the_constrained_elementwise_minimiser():
+    rng = np.random.default_rng(2)
+    f = rng.uniform(-0.5, 1.5, size=500)
+    y0 = rng.uniform(0, 1, size=500)
+    gamma = 0.12
+    z = gl.y_step(f, y0, gamma)
+    np.testing.assert_allclose(z, ref.y_step_cases(f, y0, gamma), rtol=0, atol=1e-14)
+    assert (z >= 0).all()
+    grid = np.linspace(0, 2, 4001)
+    cost = 0.5 * (grid[None, :] - f[:, None]) ** 2 + gamma * np.abs(grid[None, :] - y0[:, None])
+    best = grid[cost.argmin(axis=1)]
+    np.testing.assert_allclose(z, best, atol=1e-3)
+
+
+def test_convergence_rule():
+    old = np.ones(1000)
+    new = old.copy()
+    new[:1] = 2.0  # 0.1 % of the entries moved a lot
+    assert gl.converged(new, old, 0.01, 0.999)[0]
+    new[:2] = 2.0
+    assert not gl.converged(new, old, 0.01, 0.999)[0]
+
+
+# ---------------------------------------------------------------------- full pipeline
+def test_fast_pipeline_reaches_the_reference_optimum(fold):
+    x, y0, _, _ = fold
+    params = {"k": 20, "n_eig": 12}
+    fast = gl.GraphL1Denoiser(**params, knn="exact").run(x, y0)
+    slow = ref.reference_denoise(x, y0, **params)
+    np.testing.assert_array_equal(fast.knn.indices, slow.knn)  # same exact graph
+    np.testing.assert_allclose(fast.eigvals, slow.eigvals, atol=1e-8)
+    assert fast.n_iter == slow.n_iter > 1
+    assert abs(fast.objective - slow.objective) <= 1e-6 * abs(slow.objective)
+    assert np.abs(fast.y_opt - slow.y_opt).max() <= 1e-4
+    # the reported objective is the objective of the returned point
+    a = gl.a_step(slow.v, slow.y_opt, slow.eigvals, 0.001)
+    assert ref.reference_objective(slow.y_opt, slow.a, slow.v, slow.eigvals, y0, 0.001, 0.12) == pytest.approx(
+        slow.objective, rel=1e-12)
+    assert gl.objective(slow.y_opt, a, slow.v, slow.eigvals, y0, 0.001, 0.12) <= slow.objective + 1e-9
+
+
+def test_objective_never_increases_and_tighter_stopping_lowers_it(fold):
+    x, y0, _, _ = fold
+    d = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact")
+    r = d.run(x, y0)
+    h = np.array(r.history)
+    assert (np.diff(h) <= 1e-9).all()
+    tight = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact", rtol=1e-6, stop_frac=1.0).run(x, y0, graph=r.knn)
+    assert tight.n_iter > r.n_iter and tight.objective <= r.objective
+
+
+def test_denoising_raises_the_missing_positives(fold):
+    x, y0, miss, rare = fold
+    y = gl.GraphL1Denoiser(k=20, n_eig=12).denoise(x, y0)
+    assert y.shape == y0.shape and (y >= 0).all()
+    others = np.setdiff1d(np.arange(len(x)), rare)
+    assert y[miss, 11].min() > y[others, 11].max()
+    top = sel.select_top(y0, y, len(miss), cls=11)
+    assert set(top) == set(miss)
+
+
+def test_lanczos_eigenpairs_match_dense(fold):
+    x, *_ = fold
+    g = knnmod.knn_graph(x, 20, "exact")
+    a = knnmod.connectivity(g.indices)
+    w1, v1 = gl.laplacian_eigs(a, 12, "lanczos", tol=1e-10)
+    w2, v2 = gl.laplacian_eigs(a, 12, "dense")
+    np.testing.assert_allclose(w1, w2, atol=1e-8)
+    np.testing.assert_allclose(v1.T @ v1, np.eye(12), atol=1e-8)
+    # same subspace (eigenvectors of repeated eigenvalues may differ by a rotation)
+    np.testing.assert_allclose(np.linalg.svd(v1.T @ v2, compute_uv=False), 1.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- kNN
+class SliceOnly:
+    """An array-like that only supports row slices, like a Zarr array read chunk by chunk."""
+
+    def __init__(self, a):
+        self.a = a
+        self.shape = a.shape
+        self.reads = 0
+
+    def __getitem__(self, s):
+        assert isinstance(s, slice)
+        self.reads += 1
+        return self.a[s]
+
+
+def test_knn_exact_matches_numpy_and_reads_in_chunks(fold):
+    x, *_ = fold
+    src = SliceOnly(x.astype(np.float16))
+    g = knnmod.knn_graph(src, 15, "exact", chunk=64)
+    assert src.reads >= len(x) // 64
+    want = knnmod.exact_knn_numpy(x.astype(np.float16).astype(np.float32), 15)
+    np.testing.assert_array_equal(g.indices, want)
+    assert not (g.indices == np.arange(len(x))[:, None]).any()  # no self loops
+    assert (np.diff(g.distances, axis=1) >= 0).all()
+    assert knnmod.knn_recall(src, g.indices, sample=50) == 1.0
+
+
+def test_approximate_knn_recall_is_measured(fold):
+    x, *_ = fold
+    for method in ("ivf", "hnsw", "pca-exact"):
+        g = knnmod.knn_graph(x, 15, method, pca_dim=0, nlist=8, nprobe=4)
+        r = knnmod.knn_recall(x, g.indices, sample=100)
+        assert 0.8 < r <= 1.0, (method, r)
+    lossy = knnmod.knn_graph(x, 15, "pca-exact", pca_dim=4)  # a reduction that loses neighbours
+    assert knnmod.knn_recall(x, lossy.indices, sample=100) < 0.9
+    broken = np.roll(knnmod.exact_knn_numpy(x, 15), 7, axis=0)
+    assert knnmod.knn_recall(x, broken, sample=100) < 0.5
+
+
+def test_connectivity_is_symmetric_binary():
+    idx = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
+    a = knnmod.connectivity(idx).toarray()
+    np.testing.assert_array_equal(a, a.T)
+    assert set(np.unique(a)) == {0.0, 1.0}
+    assert a[0, 3] == 1 and a.diagonal().sum() == 0
+
+
+def test_knn_bad_input():
+    with pytest.raises(InputError, match="more than"):
+        knnmod.knn_graph(np.zeros((5, 3), np.float32), 5)
+    with pytest.raises(InputError, match="not finite"):
+        knnmod.knn_graph(SliceOnly(np.full((30, 3), np.nan, np.float32)), 5)
+    with pytest.raises(HpaError, match="unknown kNN"):
+        knnmod.knn_graph(np.zeros((30, 3), np.float32), 5, "magic")
+    with pytest.raises(InputError, match="shape"):
+        gl.GraphL1Denoiser(k=5).denoise(np.zeros((30, 3), np.float32), np.zeros((20, 20)))
+
+
+# ------------------------------------------------------------------------- selection
+def test_threshold_rule_and_its_lone_outlier_failure():
+    y0 = np.zeros((6, 12))
+    yo = np.zeros((6, 12))
+    y0[:, 11] = [0.1, 0.1, 0.1, 0.5, 0.0, 0.39]
+    yo[:, 11] = [0.50, 0.47, 0.10, 0.6, 0.2, 0.46]
+    # max = 0.6 (a cell above the bound); 0.92*0.6 = 0.552: nobody under the bound reaches it
+    assert len(sel.select_threshold(y0, yo, 11)) == 0
+    np.testing.assert_array_equal(sel.select_threshold(y0, yo, 11, opt_frac=0.75), [0, 1, 5])
+    np.testing.assert_array_equal(sel.select_top(y0, yo, 2, 11), [0, 1])
+    c = sel.selection_counts(y0, yo, 11, top=2)
+    assert (c.threshold, c.top, c.below_bound) == (0, 2, 5)
+    with pytest.raises(HpaError, match="out of range"):
+        sel.select_threshold(y0, yo, 19)
+
+
+def test_neighbour_rule_counts_hits():
+    knn = np.array([[1, 2], [2, 3], [3, 1], [1, 2], [4, 4]])
+    # positives 0,1,3: neighbours 1,2 | 2,3 | 1,2 → hits: 1:2, 2:3, 3:1
+    idx, hits = sel.select_neighbours(knn, [0, 1, 3], k=2, min_hits=2)
+    np.testing.assert_array_equal(idx, [2])  # 1 has 2 hits but is itself a positive
+    np.testing.assert_array_equal(hits, [3])
+    idx, _ = sel.select_neighbours(knn, [0, 1, 3], k=1, min_hits=2)  # first neighbours only: 1,2,1
+    assert len(idx) == 0
+    with pytest.raises(HpaError):
+        sel.neighbour_hits(knn, [0], k=3)
+    assert sel.precision_recall(np.array([2, 4]), np.array([2, 3])) == (1, 0.5, 0.5)
+
+
+# ------------------------------------------------------------------------------ hook
+def test_graph_l1_is_registered_through_the_hook(fold):
+    from hpacli.registry import create_denoiser, list_denoisers
+
+    assert "graph-l1" in list_denoisers()
+    d = create_denoiser("graph-l1", k=20, n_eig=12, gamma=0.2)
+    assert d.gamma == 0.2 and d.lam == 0.001
+    x, y0, *_ = fold
+    y = d.denoise(x, y0)
+    assert y.shape == y0.shape
+    with pytest.raises(HpaError):
+        create_denoiser("graph-l1", stop_frac=2.0)
