@@ -13,6 +13,7 @@ from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "ingest", DATA),
+    ("synth", "synth", DATA),
     ("dedup", "dedup", DATA),
     ("segment", "segment", INFERENCE),
     ("submit", "submit", INFERENCE),

@@ -191,4 +191,7 @@ def run_ingest(
         total_images=table.n,
         previous_added=old.get("added"),
     )
+    from ..store.truth import ingest_truth_files  # cell-level truth of synthetic datasets
+
+    ingest_truth_files(store, Path(data_root))
     return report

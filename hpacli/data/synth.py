@@ -58,7 +58,7 @@ HPA_COUNTS = {
 class Rules:
     """The fixed generation rules (stored in synth.json with the options)."""
 
-    class_power: float = 0.6  # class prior = HPA counts ** power
+    class_power: float = 0.5  # class prior = HPA counts ** power
     set_size_p: tuple[float, ...] = (0.5, 0.35, 0.15)  # a sample shows 1, 2 or 3 patterns
     sample_size_p: tuple[float, ...] = (0.1, 0.15, 0.2, 0.2, 0.2, 0.15)  # 1..6 images per sample
     cells_per_image: tuple[int, int] = (7, 18)
@@ -66,6 +66,7 @@ class Rules:
     spindle_sample_p: float = 0.4  # a sample's protein decorates the spindle in mitosis
     spindle_cell_p: float = 0.85  # ... in each mitotic cell of such a sample
     cell_presence_p: float = 0.92  # each of the sample's patterns shows in a given cell
+    image_absent_p: float = 0.12  # a pattern of the sample is absent from a whole image
     variant_fraction: tuple[float, float] = (0.2, 0.5)  # cells of a mixed image that differ
     variant_kinds_p: dict = field(default_factory=lambda: {"negative": 0.35, "subset": 0.3, "other": 0.35})
     brightness_median: float = 0.45
@@ -223,7 +224,7 @@ def make_plan(cfg: SynthConfig, rules: Rules, split: str, n: int) -> list[ImageP
 def assign_classes(rng: np.random.Generator, geom: Geometry, plan: ImagePlan, rules: Rules) -> list[set[int]]:
     """The classes each cell shows (index k-1 for cell k)."""
     n = geom.n
-    base = list(plan.base)
+    base = [c for c in plan.base if c == NEGATIVE or rng.random() >= rules.image_absent_p] or [NEGATIVE]
     variant = np.zeros(n + 1, dtype=bool)
     kinds = list(rules.variant_kinds_p)
     kind = str(rng.choice(kinds, p=list(rules.variant_kinds_p.values())))
@@ -381,14 +382,20 @@ def weak_labels(
         chosen = sorted(c for c, m in seen_counts.items() if 2 * m > len(members))
         for i in members:
             labels[i] = chosen or [NEGATIVE]
-    # the image-level spindle class must exist somewhere in a train set for a model to learn it
-    has_spindle = [i for i, info in enumerate(infos) if any(MITOTIC_SPINDLE in s for s in info["classes"])]
-    if split == "train" and has_spindle and not any(MITOTIC_SPINDLE in lab for lab in labels):
-        best = max(has_spindle, key=lambda i: (sum(MITOTIC_SPINDLE in s for s in infos[i]["classes"]), -i))
-        sample = plans[best].sample
-        for i in by_sample[sample]:
-            labels[i] = sorted(set(labels[i]) - {NEGATIVE} | {MITOTIC_SPINDLE})
-        notes.append(f"mitotic spindle set on sample {sample} so that the train labels hold the class")
+    # every class shown by cells must exist somewhere in the train labels for a model to
+    # learn it (the spindle above all): give a missing one to the sample showing it most
+    if split == "train":
+        for c in range(N_CLASSES):
+            if c == NEGATIVE or any(c in lab for lab in labels):
+                continue
+            count = {i: sum(c in s for s in info["classes"]) for i, info in enumerate(infos)}
+            if not any(count.values()):
+                continue
+            best = max(count, key=lambda i: (count[i], -i))
+            sample = plans[best].sample
+            for i in by_sample[sample]:
+                labels[i] = sorted(set(labels[i]) - {NEGATIVE} | {c})
+            notes.append(f"class {c} ({CLASS_NAMES[c]}) set on sample {sample} so that the train labels hold it")
     return labels, notes
 
 
