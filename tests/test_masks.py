@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from hpacli.evaluate.masks import decode_mask, encode_label_image, encode_mask, rle_from_encoded, rle_total
+from hpacli.evaluate.masks import (
+    decode_mask,
+    encode_label_image,
+    encode_mask,
+    rle_from_encoded,
+    rle_total,
+    rle_totals,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _reference_encode(mask: np.ndarray) -> str:
@@ -98,6 +107,19 @@ def test_rle_total_matches_python_decoding():
     for m in _random_masks(rng, 120):
         counts = mask_util.encode(np.asfortranarray(m[:, :, None].astype(np.uint8)))[0]["counts"]
         assert rle_total(counts) == _python_rle_total(counts) == m.size
+
+
+def test_rle_totals_of_many_strings_at_once():
+    rng = np.random.default_rng(4)
+    masks = list(_random_masks(rng, 60))
+    counts = [mask_util.encode(np.asfortranarray(m[:, :, None].astype(np.uint8)))[0]["counts"] for m in masks]
+    counts.insert(7, b"")  # an empty string has no runs
+    expected = [m.size for m in masks]
+    expected.insert(7, 0)
+    assert rle_totals(counts).tolist() == expected
+    assert rle_totals([]).tolist() == []
+    with pytest.raises(ValueError, match="truncated"):
+        rle_totals([counts[0], b"P", counts[1]])
 
 
 def test_decode_rejects_bad_strings_and_wrong_sizes():

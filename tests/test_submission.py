@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -98,6 +100,7 @@ def test_every_row_problem_is_reported_with_its_line(tmp_path):
     m[1:4, 1:4] = True
     good = encode_mask(m)
     wrong_size = encode_mask(np.ones((8, 9), bool))
+    bad_runs = base64.b64encode(zlib.compress(b"\x01\x02", 9)).decode()  # zlib fine, RLE not
     lines = [
         ",".join(HEADER),
         f"ok,8,8,0 0.5 {good}",
@@ -112,6 +115,7 @@ def test_every_row_problem_is_reported_with_its_line(tmp_path):
         f"ok,8,8,0 0.5 {good}",
         f",8,8,0 0.5 {good}",
         "emptyok,8,8,",
+        f"badruns,8,8,0 0.5 {good} 1 0.5 {bad_runs}",
     ]
     path = _write(tmp_path / "bad.csv", lines)
     report = check_submission(path)
@@ -126,14 +130,15 @@ def test_every_row_problem_is_reported_with_its_line(tmp_path):
     assert "positive integers" in got[(10, "width")]
     assert got[(11, "ok")] == "ID repeated (first on line 2)"
     assert got[(12, None)] == "empty ID"
-    assert report.problems.count == 10 and not report.ok
+    assert got[(14, "badruns")] == "triple 2: undecodable mask (bad RLE character)"
+    assert report.problems.count == 11 and not report.ok
     # the same problems stop evaluate_frames / read_parsed, listed in one message
     with pytest.raises(InputError) as err:
         read_parsed(path)
-    assert "10 problem(s)" in str(err.value) and "line 3, ID badlabel" in str(err.value)
+    assert "11 problem(s)" in str(err.value) and "line 3, ID badlabel" in str(err.value)
     # at most max_problems listed, the rest counted
     report = check_submission(path, max_problems=3)
-    assert len(report.problems.items) == 3 and "and 7 more" in report.problems.text("x")
+    assert len(report.problems.items) == 3 and "and 8 more" in report.problems.text("x")
 
 
 def test_truth_specific_checks(tmp_path):

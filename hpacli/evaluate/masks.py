@@ -51,19 +51,26 @@ def rle_from_encoded(encoded: str, height: int, width: int) -> dict:
     that its runs cover exactly ``height * width`` pixels (pycocotools itself does not
     check that). Raises ValueError with a readable message.
     """
-    if not isinstance(encoded, str | bytes) or len(encoded) == 0:
-        raise ValueError("undecodable mask (empty)")
-    try:
-        counts = zlib.decompress(base64.b64decode(encoded, validate=True))
-    except Exception as exc:
-        raise ValueError(f"undecodable mask ({type(exc).__name__})") from None
+    counts = unpack_counts(encoded)
     h, w = int(height), int(width)
     total = rle_total(counts)
     if total != h * w:
-        raise ValueError(
-            f"mask covers {total} pixels, expected {h * w} (= ImageWidth {w} x ImageHeight {h})"
-        )
+        raise ValueError(size_message(total, h, w))
     return {"size": [h, w], "counts": counts}
+
+
+def unpack_counts(encoded: str) -> bytes:
+    """base64 → zlib → the RLE ``counts`` bytes (raises ValueError; runs not checked)."""
+    if not isinstance(encoded, str | bytes) or len(encoded) == 0:
+        raise ValueError("undecodable mask (empty)")
+    try:
+        return zlib.decompress(base64.b64decode(encoded, validate=True))
+    except Exception as exc:
+        raise ValueError(f"undecodable mask ({type(exc).__name__})") from None
+
+
+def size_message(total: int, h: int, w: int) -> str:
+    return f"mask covers {total} pixels, expected {h * w} (= ImageWidth {w} x ImageHeight {h})"
 
 
 def decode_mask(encoded: str, height: int, width: int) -> np.ndarray:
@@ -79,34 +86,56 @@ def decode_mask(encoded: str, height: int, width: int) -> np.ndarray:
 
 
 def rle_total(counts: bytes) -> int:
-    """Sum of the run lengths of a compressed COCO RLE string (raises ValueError if malformed).
+    """Sum of the run lengths of a compressed COCO RLE string (raises ValueError if malformed)."""
+    return int(rle_totals([counts])[0])
 
-    The string is pycocotools' LEB128-like code: 5 data bits per character (offset 48),
-    bit 0x20 = "more characters follow", bit 0x10 of the last character = negative;
-    from the 4th run on, each value is a difference to the run two places before.
-    Vectorised with numpy (no Python loop over characters).
+
+def rle_totals(counts_list: list[bytes]) -> np.ndarray:
+    """Sums of the run lengths of many compressed COCO RLE strings at once (int64 array).
+
+    The strings are pycocotools' LEB128-like code: 5 data bits per character (offset 48),
+    bit 0x20 = "more characters follow", bit 0x10 of a value's last character = negative;
+    from the 3rd run on (index m > 2), each value is a difference to the run two places
+    before. Vectorised over all strings together (no Python loop over characters or runs).
+    Raises ValueError when any string is malformed or decodes to a negative run.
     """
-    arr = np.frombuffer(bytes(counts), dtype=np.uint8).astype(np.int64) - 48
-    if arr.size == 0:
-        return 0
+    n = len(counts_list)
+    lens = np.fromiter((len(c) for c in counts_list), dtype=np.int64, count=n)
+    totals = np.zeros(n, dtype=np.int64)
+    if n == 0 or lens.sum() == 0:
+        return totals
+    arr = np.frombuffer(b"".join(bytes(c) for c in counts_list), dtype=np.uint8).astype(np.int64) - 48
     if arr.min() < 0 or arr.max() > 63:
         raise ValueError("undecodable mask (bad RLE character)")
     more = (arr & 0x20) != 0
-    if more[-1]:
+    string_end = np.cumsum(lens)
+    if more[string_end[lens > 0] - 1].any():
         raise ValueError("undecodable mask (truncated RLE)")
-    ends = np.flatnonzero(~more)
+    ends = np.flatnonzero(~more)  # last character of each value
     starts = np.concatenate(([0], ends[:-1] + 1))
-    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
-    k = np.arange(arr.size) - starts[group]
-    if k.max() > 11:
+    length = ends - starts + 1
+    if length.max() > 12:
         raise ValueError("undecodable mask (RLE value too long)")
+    k = np.arange(arr.size) - np.repeat(starts, length)
     x = np.add.reduceat((arr & 0x1F) << (5 * k), starts)
-    negative = (arr[ends] & 0x10) != 0
-    x = x - (negative.astype(np.int64) << (5 * (k[ends] + 1)))
-    cnts = x.copy()
-    if cnts.size > 3:  # cnts[m] = x[m] + cnts[m-2] for m > 2
-        cnts[1::2] = np.cumsum(x[1::2])
-        cnts[2::2] = np.cumsum(x[2::2])
+    x -= ((arr[ends] & 0x10) != 0).astype(np.int64) << (5 * length)  # sign extension
+    # which string each value belongs to, and its index m inside that string
+    sid = np.searchsorted(string_end, ends, side="right")
+    m = np.arange(len(x)) - np.searchsorted(sid, sid)
+    # cnts[m] = x[m] + cnts[m-2] for m > 2: running sums along two chains per string,
+    # odd m (from m=1) and even m (from m=2); m=0 stands alone. Global cumulative sums
+    # minus each string's offset, no sorting.
+    first = np.searchsorted(sid, np.arange(n))  # first value of each string (if any)
+    first = np.minimum(first, len(x) - 1)
+    odd = (m % 2) == 1
+    x_odd = np.where(odd, x, 0)
+    x_even = np.where(~odd & (m >= 2), x, 0)
+    c_odd = np.cumsum(x_odd)
+    c_even = np.cumsum(x_even)
+    c_odd -= (c_odd[first] - x_odd[first])[sid]
+    c_even -= (c_even[first] - x_even[first])[sid]
+    cnts = np.where(m == 0, x, np.where(odd, c_odd, c_even))
     if cnts.min() < 0:
         raise ValueError("undecodable mask (negative run length)")
-    return int(cnts.sum())
+    totals += np.bincount(sid, weights=cnts, minlength=n).round().astype(np.int64)  # exact below 2**53
+    return totals

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import InputError
-from .masks import encode_label_image, rle_from_encoded
+from .masks import encode_label_image, rle_total, rle_totals, size_message, unpack_counts
 
 HEADER: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 MAX_PROBLEMS = 20
@@ -315,20 +315,26 @@ def parse_frame(df, kind: str = "submission", max_problems: int = MAX_PROBLEMS) 
         labels = _parse_labels(tokens[0::3], line, image_id, problems)
         scores = _parse_scores(tokens[1::3], line, image_id, problems)
         distinct: dict[str, int] = {}
-        rles: list[dict] = []
+        counts: list[bytes] = []
+        first_triple: list[int] = []
         index = np.empty(len(tokens) // 3, dtype=np.int64)
         for t, enc in enumerate(tokens[2::3]):
             k = distinct.get(enc)
             if k is None:
-                k = distinct[enc] = len(rles)
+                k = distinct[enc] = len(counts)
+                first_triple.append(t)
                 try:
-                    rles.append(rle_from_encoded(enc, height, width))
+                    counts.append(unpack_counts(enc))
                 except ValueError as exc:
-                    rles.append(None)
+                    counts.append(b"")
                     problems.add(line, image_id, f"triple {t + 1}: {exc}")
             index[t] = k
         if problems.count > n_before:
             continue
+        _check_runs(counts, first_triple, height, width, line, image_id, problems)
+        if problems.count > n_before:
+            continue
+        rles = [{"size": [height, width], "counts": c} for c in counts]
         out.n_triples += len(index)
         areas = mask_util.area(rles) if rles else np.zeros(0)
         empty_mask = areas == 0
@@ -351,6 +357,22 @@ def parse_frame(df, kind: str = "submission", max_problems: int = MAX_PROBLEMS) 
             line=line, n_empty=n_empty,
         )
     return out
+
+
+def _check_runs(counts, first_triple, height, width, line, image_id, problems: Problems) -> None:
+    """All distinct masks of a row at once: runs well formed and covering H x W pixels."""
+    try:
+        totals = rle_totals(counts)
+    except ValueError:  # find the culprit(s) one by one
+        totals = []
+        for c, t in zip(counts, first_triple):
+            try:
+                totals.append(rle_total(c))
+            except ValueError as exc:
+                problems.add(line, image_id, f"triple {t + 1}: {exc}")
+                totals.append(height * width)
+    for k in np.flatnonzero(np.asarray(totals, dtype=np.int64) != height * width):
+        problems.add(line, image_id, f"triple {first_triple[k] + 1}: {size_message(int(totals[k]), height, width)}")
 
 
 def _text(value) -> str:
