@@ -220,20 +220,30 @@ def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, Fold
 # ---------------------------------------------------------------------------- inference
 
 
-def predict_views(model, x, views, device, amp: bool):
+# on CPU, large batches of big inputs fall out of the caches: forward in small pieces
+CPU_MICRO_BATCH = 4
+
+
+def predict_views(model, x, views, device, amp: bool, micro_batch: int | None = None):
     """Sigmoid and embedding averaged over ``views`` for uint8 ``x`` [B, 4, S, S]."""
     import torch
 
+    if micro_batch is None:
+        micro_batch = CPU_MICRO_BATCH if device.type == "cpu" else len(x)
+    micro_batch = max(1, int(micro_batch))
     x = x.to(device, non_blocking=True).float().div_(255.0)
-    probs = None
+    probs = torch.zeros((len(x), N_CLASSES), device=device)
     emb = None
     ctx = torch.autocast(device_type=device.type, dtype=torch.float16) if amp else _null()
     with torch.inference_mode(), ctx:
         for v in views:
-            logits, e = model.forward_with_embedding(apply_view(x, v))
-            p = torch.sigmoid(logits.float())
-            probs = p if probs is None else probs + p
-            emb = e.float() if emb is None else emb + e.float()
+            xv = apply_view(x, v).contiguous()
+            for a in range(0, len(x), micro_batch):
+                logits, e = model.forward_with_embedding(xv[a : a + micro_batch])
+                probs[a : a + micro_batch] += torch.sigmoid(logits.float())
+                if emb is None:
+                    emb = torch.zeros((len(x), e.shape[1]), device=device)
+                emb[a : a + micro_batch] += e.float()
     n = float(len(views))
     return (probs / n).cpu().numpy(), (emb / n).cpu().numpy()
 
