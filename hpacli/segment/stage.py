@@ -87,11 +87,13 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
     old = (store.attrs(seglayout.GROUP).get("provenance") or {}).get("params", {})
     if overwrite:
         store.delete(seglayout.GROUP)
-    elif old and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
+    elif old and bool(np.any(seglayout.n_cells(store) >= 0)) and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
         raise HpaError(
             f"the store was segmented with --segmenter {old.get('segmenter')} (mask scale "
             f"{old.get('mask_scale') or 'auto'}); continue with the same settings or pass --overwrite"
         )
+    # build the segmenter first: a missing weight file must not leave a stage record behind
+    seg = create_segmenter(segmenter, device=device, batch_size=batch_size, **segmenter_kw)
     kw_plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in segmenter_kw.items() if k != "models"}
     params = {"segmenter": segmenter, "mask_scale": mask_scale, "block_size": block_size, **kw_plain}
     run = begin_stage(store, seglayout.GROUP, "segment", params)
@@ -123,10 +125,7 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
     n_cells_found = 0
     previews = 0
     preview_dir = Path(preview_dir) if preview_dir else default_preview_dir(store)
-    seg = None
     t0 = time.perf_counter()
-    if todo:
-        seg = create_segmenter(segmenter, device=device, batch_size=batch_size, **segmenter_kw)
     ids = store.images.ids() if (todo and preview) else None
     try:
         for blk, items in todo:
