@@ -240,6 +240,11 @@ def test_cli_train_image_smoke(tmp_path):
     assert res.exit_code == 2 and "--resume" in res.output
     res = runner.invoke(build_app(), [*args[:5], "--out", str(tmp_path / "x"), "--best-metric", "f1"])
     assert res.exit_code == 2 and "map or loss" in res.output
+    # the default --negatives obvious needs the negatives stage's flags
+    no_neg = [a for a in args if a not in ("--negatives", "all")]
+    no_neg[no_neg.index(str(out))] = str(tmp_path / "y")
+    res = runner.invoke(build_app(), no_neg)
+    assert res.exit_code == 2 and "negatives all" in res.output
 
 
 def test_negatives_obvious(tmp_path, monkeypatch):

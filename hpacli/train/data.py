@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classes import NEGATIVE
-from ..errors import HpaError
+from ..errors import HpaError, StoreError
 from .augment import random_dihedral
 
 
@@ -107,14 +107,18 @@ class StoreImageDataset(Dataset):
 
 
 def read_negative_flags(store) -> np.ndarray:
+    """bool ``[N]`` from the negatives stage: Negative images with an obviously stained cell."""
     try:
-        from ..store.negatives import read_image_negative_flags
+        from ..store import negatives as neg
     except ImportError:
+        neg = None
+    reader = getattr(neg, "read_image_negative_flags", None) or getattr(neg, "read_image_flags", None)
+    if reader is None:
         raise HpaError(
             "--negatives obvious needs the negatives stage (hpacli.store.negatives), which this hpacli "
             "lacks; pass --negatives all"
-        ) from None
-    return np.asarray(read_image_negative_flags(store), dtype=bool)
+        )
+    return np.asarray(reader(store), dtype=bool)
 
 
 def select_image_rows(store, fold: int, negatives: str = "obvious", folds_name: str = "default"):
@@ -142,7 +146,10 @@ def select_image_rows(store, fold: int, negatives: str = "obvious", folds_name: 
     val = labelled & (folds == fold)
     dropped = 0
     if negatives == "obvious":
-        flags = read_negative_flags(store)
+        try:
+            flags = read_negative_flags(store)
+        except StoreError as exc:
+            raise StoreError(f"{exc} (or train with --negatives all)") from None
         if len(flags) < n:
             flags = np.concatenate([flags, np.zeros(n - len(flags), dtype=bool)])
         drop = train & (labels[:, NEGATIVE] > 0) & ~flags[:n]

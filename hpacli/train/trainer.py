@@ -312,9 +312,18 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        state = self._state() if self.dist.main else None
+        if self.dist.active:  # every rank's RNG, so that each continues its own dropout stream
+            import torch.distributed as tdist
+
+            ranks: list = [None] * self.dist.world
+            tdist.all_gather_object(ranks, get_rng_state())
+            if state is not None:
+                state["rng_ranks"] = ranks
         if self.dist.main:
-            save_checkpoint(self.out / LAST, self._state())
+            save_checkpoint(self.out / LAST, state)
         self._last_save = time.monotonic()
+        self._batch_since_save = 0
 
     def _save_best(self, metrics: dict) -> None:
         if self.dist.main:
@@ -365,7 +374,8 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 if name in grads:
                     p.grad = grads[name].to(p.device, p.dtype)
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world else ckpt["rng"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -507,6 +517,7 @@ class Trainer:
             except Exception:  # tensorboard not installed
                 self._tb = None
         self._last_save = time.monotonic()
+        self._batch_since_save = 0
         t_start = time.monotonic()
         try:
             if cfg.eval_at_start and not self.evaluated_at_start and not resumed:
@@ -573,6 +584,7 @@ class Trainer:
                     (loss / cfg.accum).backward()
                 self.micro += 1
                 self.batch_in_epoch += 1
+                self._batch_since_save += 1
                 self.images_seen += len(x) * self.dist.world
                 loss_acc += loss.detach()
                 n_acc += 1
@@ -600,6 +612,14 @@ class Trainer:
                 if self.batch_in_epoch < n_batches and not stop:
                     due_batches = cfg.save_every and self.batch_in_epoch % cfg.save_every == 0
                     due_time = cfg.save_minutes and time.monotonic() - self._last_save > cfg.save_minutes * 60
+                    if self.dist.active:
+                        # ranks hold different partial gradients within a cycle: save only at a
+                        # cycle's end, when rank 0 says it is due (one tiny broadcast per cycle)
+                        if self.micro == 0:
+                            due_batches = self._agree(bool(due_time) or self._batch_since_save >= (cfg.save_every or 10**12))
+                        else:
+                            due_batches = False
+                        due_time = False
                     if due_batches or due_time:
                         self._flush_loss(loss_acc, n_acc)
                         loss_acc.zero_()
@@ -625,6 +645,14 @@ class Trainer:
             if stop:
                 self.stopped_early = True
                 return
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank (one tiny broadcast)."""
+        import torch.distributed as tdist
+
+        t = torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        tdist.broadcast(t, src=0)
+        return bool(t.item())
 
     def _flush_loss(self, loss_acc: torch.Tensor, n_acc: int) -> None:
         if n_acc:
