@@ -78,7 +78,8 @@ def pattern_map(c: int, geom: Geometry, rng: np.random.Generator, cells) -> np.n
         return np.clip(1.3 * ring, 0, 1) * (0.8 + 0.2 * _lumpy(geom, rng)) + 0.05 * geom.nuc_soft
     if c == 2:  # nucleoli
         nuc_map, _ = nucleoli(geom, rng)
-        return np.clip(nuc_map, 0, 1) + 0.06 * geom.nuc_soft
+        # in mitosis nucleolar proteins coat the condensed chromosomes
+        return np.clip(nuc_map, 0, 1) + (0.06 + 0.5 * geom.lookup(geom.mitotic)) * geom.nuc_soft
     if c == 3:  # fibrillar centres
         _, spots = nucleoli(geom, rng)
         keep = set(cells)
@@ -89,10 +90,11 @@ def pattern_map(c: int, geom: Geometry, rng: np.random.Generator, cells) -> np.n
             m = int(rng.integers(2, 6))
             ys.append(y + rng.normal(0, 0.5 * s, m))
             xs.append(x + rng.normal(0, 0.5 * s, m))
+        coat = 0.4 * geom.lookup(geom.mitotic) * geom.nuc_soft  # chromosome coating in mitosis
         if not ys:
-            return np.zeros(shape, dtype=np.float32)
+            return coat
         ys, xs = np.concatenate(ys), np.concatenate(xs)
-        return np.clip(splat_dots(shape, ys, xs, np.full(len(ys), 1.1), 1.0 * u), 0, 1.2) * geom.nuc_soft
+        return np.clip(splat_dots(shape, ys, xs, np.full(len(ys), 1.1), 1.0 * u), 0, 1.2) * geom.nuc_soft + coat
     if c == 4:  # nuclear speckles
         dots = _nuclear_dots(geom, rng, cells, 1 / (22 * u * u), None, 1.2 * u, (0.5, 1.0))
         nuc_map, _ = nucleoli(geom, rng)
