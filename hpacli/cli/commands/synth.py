@@ -15,7 +15,7 @@ def command(
     n_images: Annotated[int, typer.Option("--n-images", "-n", min=1, help="Train images.")] = 200,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels (64 to 2048).")] = 256,
     test_images: Annotated[
-        int | None, typer.Option("--test-images", min=0, help="Test images [default: a quarter of --n-images].")
+        int | None, typer.Option("--test-images", min=0, help="Test images (default: a quarter of --n-images).")
     ] = None,
     bits: Annotated[int, typer.Option("--bits", help="PNG bit depth: 8 or 16.")] = 8,
     seed: SeedOpt = 0,
