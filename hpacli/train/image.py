@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from ..errors import HpaError
 from .trainer import TrainConfig, Trainer
 
@@ -50,6 +52,8 @@ def run_train_image(
         f"from the {'pixel cache' if train_ds.source == 'cache' else 'PNG files'}"
     )
     model = build_backbone(backbone)
+    if int(train_kwargs.get("batch_size", 8)) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise HpaError(f"{backbone} has batch normalisation: --batch-size must be at least 2 (use --accum for larger batches)")
     cfg = TrainConfig(out=str(out), **train_kwargs)
     if init_from is not None and not (cfg.resume and (Path(out) / "last.pt").exists()):
         from .checkpoint import init_from as load_init
