@@ -22,8 +22,18 @@ class HpaGroup(TyperGroup):
             report(message)
             raise typer.Exit(code=2) from None
 
-    def list_commands(self, ctx):  # keep registration order within panels
-        return list(self.commands)
+    def list_commands(self, ctx):
+        """Panels in pipeline order (data, training, inference, tools), then registration order."""
+        from .options import PANEL_ORDER
+
+        names = list(self.commands)
+
+        def key(name):
+            panel = getattr(self.commands[name], "rich_help_panel", None)
+            rank = PANEL_ORDER.index(panel) if panel in PANEL_ORDER else len(PANEL_ORDER)
+            return (rank, names.index(name))
+
+        return sorted(names, key=key)
 
 
 def _version(value: bool) -> None:

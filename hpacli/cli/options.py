@@ -32,3 +32,4 @@ DATA = "Data"
 TRAINING = "Training"
 INFERENCE = "Inference"
 TOOLS = "Tools"
+PANEL_ORDER = [DATA, TRAINING, INFERENCE, TOOLS]
