@@ -15,6 +15,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "ingest", DATA),
     ("synth", "synth", DATA),
     ("dedup", "dedup", DATA),
+    ("fold", "fold", DATA),
     ("segment", "segment", INFERENCE),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),

@@ -56,3 +56,25 @@ def read_cell_folds(store, name: str = DEFAULT) -> np.ndarray:
     if not store.has(key):
         raise StoreError(f"the store {store.path} has no cell folds {name!r}; run `hpa fold --cells` first")
     return np.asarray(store.array(key)[:]).astype(np.int8)
+
+
+def fold_params(store, key: str) -> dict:
+    """The parameters a fold set was made with (its ``fold`` stage record); {} when none."""
+    return dict((store.attrs(key).get("provenance") or {}).get("params") or {})
+
+
+def list_fold_sets(store, kind: str = "images") -> list[str]:
+    """Names of the stored fold sets of ``kind`` (images | cells)."""
+    folder = store.path / "folds" / kind
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "fold" / "zarr.json").exists())
+
+
+def check_cell_folds_current(store, name: str = DEFAULT) -> None:
+    """StoreError when the cell folds were made for an older cells table."""
+    from .cells import CellTable
+
+    made_for = store.attrs(cell_folds_key(name)).get("table_id")
+    if made_for is not None and made_for != CellTable(store).table_id:
+        raise StoreError(f"cell folds {name!r} belong to an older cells table; run `hpa fold --cells` again")
