@@ -108,14 +108,26 @@ def _label_lut(label_image: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _label_mask_iou(a: ImageInstances, b: ImageInstances) -> np.ndarray:
-    ka, kb = len(a.label_ids), len(b.label_ids)
-    ja = _label_lut(a.label_image, a.label_ids)
-    jb = _label_lut(b.label_image, b.label_ids)
-    joint = np.bincount((ja * (kb + 1) + jb).ravel(), minlength=(ka + 1) * (kb + 1)).reshape(ka + 1, kb + 1)
-    inter = joint[1:, 1:].astype(np.float64)
-    area_a = joint[1:, :].sum(1).astype(np.float64)
-    area_b = joint[:, 1:].sum(0).astype(np.float64)
-    union = area_a[:, None] + area_b[None, :] - inter
+    """Mask IoU of two label images' cells from one joint histogram of their ids."""
+    top_a = int(max(a.label_image.max(initial=0), a.label_ids.max(initial=0))) + 1
+    top_b = int(max(b.label_image.max(initial=0), b.label_ids.max(initial=0))) + 1
+    if top_a * top_b <= (1 << 22):  # small ids: histogram of the raw id pairs
+        joint = np.bincount(
+            (a.label_image.astype(np.int64) * top_b + b.label_image).ravel(), minlength=top_a * top_b
+        ).reshape(top_a, top_b)
+        area_a = joint.sum(1)[a.label_ids]
+        area_b = joint.sum(0)[b.label_ids]
+        inter = joint[np.ix_(a.label_ids, b.label_ids)]
+    else:  # large ids: map the cells of interest to 1..K first
+        ka, kb = len(a.label_ids), len(b.label_ids)
+        ja = _label_lut(a.label_image, a.label_ids)
+        jb = _label_lut(b.label_image, b.label_ids)
+        joint = np.bincount((ja * (kb + 1) + jb).ravel(), minlength=(ka + 1) * (kb + 1)).reshape(ka + 1, kb + 1)
+        inter = joint[1:, 1:]
+        area_a = joint[1:, :].sum(1)
+        area_b = joint[:, 1:].sum(0)
+    inter = inter.astype(np.float64)
+    union = area_a[:, None].astype(np.float64) + area_b[None, :] - inter
     return inter / np.maximum(union, 1e-12)
 
 
