@@ -238,3 +238,21 @@ def test_cli_and_info_coverage(setup, cli):
     assert res.exit_code == 2 and "no model checkpoint" in res.output
     res = cli(["pseudolabel", "--store", store.path, "--models", models, "--views", "id,spin", "--quiet"])
     assert res.exit_code == 2 and "unknown view" in res.output
+
+
+def test_unreadable_image_is_reported_and_skipped(setup):
+    store, _, models, _ = setup
+    from hpacli.store.cells import CellTable
+    from hpacli.store.folds import read_image_folds
+
+    folds = read_image_folds(store)
+    bad = int(np.flatnonzero(folds == 1)[0])
+    store.images.paths(bad)[1].unlink()  # green channel gone after ingest
+    s = run_pseudolabel(store, models, run="b", batch_size=4, device="cpu", workers=1, block=BLOCK)
+    assert s.complete and s.cells_skipped > 0
+    assert len(s.problems) == 1 and store.images.ids()[bad] in s.problems[0]
+    img = CellTable(store).column("image")
+    lab = PL.labelled_mask(store, "b")
+    assert not lab[img == bad].any()
+    assert lab[(img != bad) & (folds[img] >= 0)].all()
+    assert np.isnan(PL.read_probs(store, "b")[img == bad]).all()

@@ -292,7 +292,9 @@ class CellBatches(_torch_dataset_base()):
 
     Yields dicts: ``rows`` int64 tensor [b] (cells-table rows), ``x`` uint8 tensor
     [b, 4, S, S], ``unit`` (index into ``units``), ``end`` (True on the unit's last
-    batch; a unit with no rows yields one empty batch so its end is still reported).
+    batch; a unit with no rows yields one empty batch so its end is still reported),
+    ``skipped`` int64 tensor (rows of unreadable images, reported once) and
+    ``problems`` (one text per unreadable image).
     Use with ``DataLoader(ds, batch_size=None, num_workers=k)``; each worker opens the
     store itself and takes units ``k, k + n, ...``. Without workers it runs in-process.
 
@@ -346,12 +348,17 @@ class CellBatches(_torch_dataset_base()):
                 "height": df["height"].to_numpy(),
                 "width": df["width"].to_numpy(),
                 "cache_size": store.images.cache_size,
+                "ids": store.images.ids(),
             }
             self._store = store
         return self._store, self._meta
 
     def iter_unit(self, k: int, rng: np.random.Generator):
-        """(rows, crops) per image of unit ``k`` (each image loaded once)."""
+        """(rows, crops, problem) per image of unit ``k`` (each image loaded once). An
+        image that cannot be read (or has no label image) gives no crops and a problem
+        text instead, so one bad image never stops a long stage."""
+        from ..errors import HpaError
+
         store, m = self._open()
         unit = self.units[k]
         rows = np.asarray(unit.rows, dtype=np.int64)
@@ -363,19 +370,25 @@ class CellBatches(_torch_dataset_base()):
         for img in images[np.sort(first)]:
             sel = rows[images == img]
             h, w = int(m["height"][img]), int(m["width"][img])
-            pixels, labels = load_image(store, int(img), unit.work_size, h, w, m["cache_size"])
+            try:
+                pixels, labels = load_image(store, int(img), unit.work_size, h, w, m["cache_size"])
+            except (HpaError, OSError) as exc:
+                yield sel, [], f"image {m['ids'][img]}: {exc}"
+                continue
             crops = []
             for r in sel:
                 box = scale_bbox(m["bbox"][r], (h, w), labels.shape)
                 crop = masked_crop(pixels, labels, int(m["cell_id"][r]), box)
                 crops.append(self.transform(crop, size, rng))
-            yield sel, crops
+            yield sel, crops, None
 
     def _batches_of_unit(self, k: int, rng: np.random.Generator):
         import torch
 
         buf_rows: list[int] = []
         buf_x: list[np.ndarray] = []
+        skipped_rows: list[int] = []
+        problems: list[str] = []
 
         def emit(n: int, end: bool):
             if self.shuffle_buffer > 0 and buf_rows:
@@ -388,12 +401,20 @@ class CellBatches(_torch_dataset_base()):
                 del buf_rows[i]
                 del buf_x[i]
             x = torch.from_numpy(np.stack(xs)) if xs else torch.zeros((0, 4, 1, 1), dtype=torch.uint8)
-            return {"rows": torch.as_tensor(np.asarray(rows, dtype=np.int64)), "x": x, "unit": k, "end": end}
+            out = {"rows": torch.as_tensor(np.asarray(rows, dtype=np.int64)), "x": x, "unit": k, "end": end,
+                   "skipped": torch.as_tensor(np.asarray(skipped_rows, dtype=np.int64)), "problems": list(problems)}
+            skipped_rows.clear()
+            problems.clear()
+            return out
 
         # keep more than one batch (or the shuffle buffer plus a batch) so that the
         # unit's last batch is never empty unless the unit is
         keep = self.batch_size + (self.shuffle_buffer if self.shuffle_buffer > 0 else 0)
-        for sel, crops in self.iter_unit(k, rng):
+        for sel, crops, problem in self.iter_unit(k, rng):
+            if problem is not None:
+                skipped_rows.extend(int(r) for r in sel)
+                problems.append(problem)
+                continue
             buf_rows.extend(int(r) for r in sel)
             buf_x.extend(crops)
             while len(buf_rows) > keep:

@@ -37,6 +37,8 @@ from ..store import Shard, begin_stage
 from ..store.pseudolabels import BLOCK, prepare_run, run_key, write_block
 from ..store.work import BlockWork
 
+MAX_PROBLEMS = 1000
+
 
 @dataclass
 class FoldModel:
@@ -59,6 +61,8 @@ class PseudolabelSummary:
     complete: bool = False
     skipped_duplicate_images: int = 0
     folds_without_images: list[int] = field(default_factory=list)
+    cells_skipped: int = 0  # cells of unreadable images (reported in problems)
+    problems: list[str] = field(default_factory=list)
     device: str = "cpu"
 
     def as_dict(self) -> dict:
@@ -363,6 +367,14 @@ def run_pseudolabel(
                         "model": m.copy(),
                     }
                 rows = batch["rows"].numpy()
+                skipped = batch["skipped"].numpy()
+                if len(skipped):
+                    buf["model"][skipped - b.start] = -1
+                    summary.cells_skipped += len(skipped)
+                    progress.advance(task, len(skipped))
+                for problem in batch["problems"]:
+                    if len(summary.problems) < MAX_PROBLEMS and problem not in summary.problems:
+                        summary.problems.append(problem)
                 if len(rows):
                     probs, emb = predict_views(fold_models[f].model, batch["x"], views, dev, amp)
                     buf["probs"][rows - b.start] = probs

@@ -66,6 +66,11 @@ def command(
     table.add_row("device", summary.device)
     table.add_row("status", "[green]complete[/]" if summary.complete else "[yellow]other shards still to run[/]")
     console.print(table)
+    if summary.problems:
+        console.print(f"[yellow]skipped {summary.cells_skipped} cell(s) of {len(summary.problems)} unreadable "
+                      f"image(s)[/] (listed in the run's record, `hpa info`):")
+        for p in summary.problems[:10]:
+            console.print(f"  {p}", highlight=False)
     if summary.folds_without_images:
         console.print(
             f"[yellow]warning:[/] no cells in the validation images of fold(s) "
