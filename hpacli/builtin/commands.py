@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "synth", DATA),
     ("dedup", "dedup", DATA),
     ("fold", "fold", DATA),
+    ("negatives", "negatives", DATA),
     ("segment", "segment", INFERENCE),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),

@@ -1,0 +1,55 @@
+"""hpa negatives: flag Negative-labelled images whose cells show obvious green staining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    threshold: Annotated[
+        float, typer.Option("--threshold", "-t", min=0, max=255,
+                            help="Flag a cell when the mean of its brightest green pixels is >= this.")
+    ] = 150.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many of the brightest pixels to average.")] = 10,
+    png: Annotated[
+        Path, typer.Option("--png", help="PNG of the top flagged cells and the top cells below the threshold.")
+    ] = Path("negatives.png"),
+    workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score every cell of the Negative images (resumable); store per-cell and per-image flags."""
+    from rich.table import Table
+
+    from ...prep.negatives import negatives_png, run_negatives
+    from ...progress import console, make_progress
+    from ...store import open_store
+
+    open_store(store, "r")  # a clear error when there is no store
+    st = open_store(store, "a")
+    with make_progress(disable=quiet) as progress:
+        summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
+                                progress=progress)
+    table = Table(title=f"obvious-staining negatives (mean of the {top_k} brightest green pixels >= {threshold:g})")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for label, key in (("Negative images", "negative_images"), ("  without cells", "without_cells"),
+                       ("  scored", "scored_images"), ("  flagged", "flagged_images"),
+                       ("cells scored", "scored_cells"), ("cells flagged", "flagged_cells"),
+                       ("skipped (problems)", "n_problems")):
+        table.add_row(label, f"{summary[key]:,}")
+    console.print(table)
+    if summary["problems"]:
+        from ..render import problems_table
+
+        console.print(problems_table(summary["problems"]))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    drawn = negatives_png(st, png)
+    if drawn:
+        console.print(f"{drawn} cell(s) drawn in {png}")
