@@ -218,6 +218,31 @@ def test_run_dedup_resumes_and_is_deterministic(tmp_path, monkeypatch):
     assert found_pairs(st) == first
 
 
+def test_images_ingested_later_are_hashed_without_redoing_the_rest(tmp_path, monkeypatch):
+    import hpacli.prep.dedup as mod
+
+    root = tmp_path / "data"
+    make_dataset(root)
+    st = ingest(root, tmp_path / "s.zarr")
+    monkeypatch.setattr(mod, "HASH_BLOCK", 4)
+    run_dedup(st, workers=1)
+    n_old = st.images.n  # 13: blocks of 4, the last one partly filled
+    write_image(root / "train", "img4_copy", np.stack([
+        np.asarray(Image.open(root / "train" / f"img4_{c}.png")) for c in CHANNELS]))
+    df = pd.read_csv(root / "train.csv")
+    pd.concat([df, pd.DataFrame([{"ID": "img4_copy", "Label": "4"}])]).to_csv(root / "train.csv", index=False)
+    run_ingest(st, kaggle_candidates(root), data_root=root, workers=1)
+    assert st.images.n == n_old + 1
+    counted = []
+    real = mod.phash_rgb
+    monkeypatch.setattr(mod, "phash_rgb", lambda px: counted.append(1) or real(px))
+    run_dedup(st, workers=1)
+    assert len(counted) == n_old % 4 + 1  # the partial block again, plus the new image
+    assert ("img4", "img4_copy") in found_pairs(st)
+    hashes, ok = read_hashes(st)
+    assert ok.all() and len(hashes) == n_old + 1
+
+
 def test_run_dedup_skips_unreadable_image(tmp_path):
     make_dataset(tmp_path / "data")
     st = ingest(tmp_path / "data", tmp_path / "s.zarr")

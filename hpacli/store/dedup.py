@@ -116,3 +116,30 @@ def read_pairs(store) -> tuple[np.ndarray, np.ndarray]:
 
 def dedup_info(store) -> dict:
     return {k: v for k, v in store.attrs(GROUP).items() if k in ("threshold", "n_images", "n_pairs")}
+
+
+def summary_section(store):
+    """``hpa info`` section: duplicates, fold sets and obvious negatives, when present."""
+    rows = []
+    if has_groups(store):
+        attrs = store.attrs(GROUP)
+        group = np.asarray(store.array(f"{GROUP}/group")[:])
+        sizes = np.bincount(group, minlength=len(group)) if len(group) else np.zeros(0, int)
+        rows.append({"what": "duplicates", "value": f"{int(attrs.get('n_pairs', 0)):,} pairs, "
+                     f"{int((sizes > 1).sum()):,} groups (distance <= {attrs.get('threshold')}, "
+                     f"{int(attrs.get('n_images', 0)):,} images hashed)"})
+    from .folds import fold_params, image_folds_key, list_fold_sets
+
+    for name in list_fold_sets(store, "images"):
+        p = fold_params(store, image_folds_key(name))
+        rows.append({"what": f"image folds {name!r}", "value": f"{p.get('n_splits')} folds, seed {p.get('seed')}, "
+                     f"duplicates {p.get('duplicates')}, negatives {p.get('negatives')}"})
+    for name in list_fold_sets(store, "cells"):
+        p = fold_params(store, f"folds/cells/{name}")
+        rows.append({"what": f"cell folds {name!r}", "value": f"{p.get('n_splits')} folds, seed {p.get('seed')}"})
+    if store.has("negatives/image_flag"):
+        summ = (store.attrs("negatives").get("provenance") or {}).get("summary") or {}
+        rows.append({"what": "obvious negatives", "value": f"{summ.get('flagged_images', '?')} of "
+                     f"{summ.get('negative_images', '?')} Negative images flagged "
+                     f"(threshold {store.attrs('negatives').get('threshold')})"})
+    return ("preprocessing", rows) if rows else None

@@ -37,3 +37,12 @@ def _pseudolabel_coverage(store):
 
 
 SUMMARY_SECTIONS.append(_pseudolabel_coverage)
+
+
+def _preprocessing(store):
+    from .dedup import summary_section
+
+    return summary_section(store)
+
+
+SUMMARY_SECTIONS.append(_preprocessing)
