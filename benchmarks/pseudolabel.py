@@ -45,7 +45,7 @@ def build_store(root: Path, n_images: int, size: int, mask: int, seed: int = 0):
 
     from hpacli.data.ingest import kaggle_candidates, run_ingest
     from hpacli.store import open_store
-    from hpacli.store.cells import write_cells_table
+    from hpacli.store import segmentation as SEG
     from hpacli.store.folds import write_image_folds
 
     rng = np.random.default_rng(seed)
@@ -53,8 +53,6 @@ def build_store(root: Path, n_images: int, size: int, mask: int, seed: int = 0):
     (data / "train").mkdir(parents=True)
     rows = []
     labels = {}
-    cols = {k: [] for k in ("image", "cell_id", "bbox", "area", "nucleus_bbox", "border")}
-    f = size / mask
     for i in range(n_images):
         iid = f"img{i:04d}"
         for c in ("red", "green", "blue", "yellow"):
@@ -63,17 +61,16 @@ def build_store(root: Path, n_images: int, size: int, mask: int, seed: int = 0):
             plane.save(data / "train" / f"{iid}_{c}.png")
         rows.append(f"{iid},{int(rng.integers(0, 19))}")
         lab = voronoi_labels(rng, mask, int(rng.integers(12, 20)))
-        labels[f"i{i}"] = lab
-        for cid in np.unique(lab[lab > 0]):
-            rr, cc = np.nonzero(lab == cid)
-            box = [int(rr.min() * f), int(cc.min() * f), int((rr.max() + 1) * f), int((cc.max() + 1) * f)]
-            for k, v in zip(cols, (i, int(cid), box, int(len(rr) * f * f), box, False)):
-                cols[k].append(v)
+        ids = np.unique(lab[lab > 0])
+        lut = np.zeros(lab.max() + 1, dtype=np.uint16)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        labels[i] = lut[lab]
     (data / "train.csv").write_text("ID,Label\n" + "\n".join(rows) + "\n")
     store = open_store(root / "hpa.zarr", "a")
     run_ingest(store, kaggle_candidates(data, include_test=False), data_root=data, workers=1)
-    np.savez(root / "labels.npz", **labels)
-    write_cells_table(store, {k: np.asarray(v) for k, v in cols.items()}, n_images)
+    SEG.ensure_layout(store, n_images, (mask, mask))
+    SEG.write_block(store, 0, n_images, {i: (lab, lab) for i, lab in labels.items()})
+    SEG.build_cells_table(store)
     write_image_folds(store, np.arange(n_images) % 2)
     return store
 
@@ -183,13 +180,6 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hpa-bench-pl-"))
     try:
         store = build_store(tmp, args.images, args.size, args.mask)
-        lab_file = tmp / "labels.npz"
-
-        def npz_labels(st, i, _f=lab_file):
-            with np.load(_f) as z:
-                return z[f"i{i}"]
-
-        C.read_cell_labels = npz_labels  # stands in for the segmentation reader (inherited by workers)
         models = save_models(tmp, args.backbone, args.img_size)
         cells = CellTable(store)
         n = cells.n

@@ -13,15 +13,6 @@ from hpacli.data import crops as C
 # ----------------------------------------------------------------------------- a tiny store with cells
 # (shared with test_pseudolabel.py)
 
-LABELS_FILE = "cell_labels.npz"
-
-
-def npz_labels(store, index: int) -> np.ndarray:
-    """Label images written by make_cell_store (stands in for the segmentation reader)."""
-    with np.load(Path(store.path).parent / LABELS_FILE) as z:
-        return z[f"i{index}"]
-
-
 def hand_labels(rng: np.random.Generator, size: int, n_cells: int) -> np.ndarray:
     """Rectangles and L-shapes with ids 1..n on a size x size grid, neighbours' boxes overlapping."""
     lab = np.zeros((size, size), dtype=np.int32)
@@ -40,35 +31,30 @@ def hand_labels(rng: np.random.Generator, size: int, n_cells: int) -> np.ndarray
 
 def make_cell_store(tmp: Path, n_images: int = 6, size: int = 64, mask: int = 32, cells_per_image=(3, 6),
                     cache_size: int | None = None, n_folds: int = 3, seed: int = 0):
-    """Ingest synthetic PNGs, write hand-made label images (at mask resolution) and the
-    cells table, and image folds (round robin; the last image is unused = -1)."""
+    """Ingest synthetic PNGs, write hand-made label images (at mask resolution) through the
+    segmentation layout, build the cells table from them, and write image folds (round
+    robin; the last image is unused = -1)."""
     from hpacli.data.ingest import kaggle_candidates, run_ingest
     from hpacli.store import open_store
-    from hpacli.store.cells import write_cells_table
     from hpacli.store.folds import write_image_folds
     from tests.datasets import make_kaggle_dataset
 
     data = make_kaggle_dataset(tmp / "data", n_train=n_images, n_test=0, size=size, seed=seed)
     store = open_store(tmp / "hpa.zarr", "a")
     run_ingest(store, kaggle_candidates(data), data_root=data, cache_size=cache_size, workers=1)
+    from hpacli.store import segmentation as SEG
+
     rng = np.random.default_rng(seed)
     labels = {}
-    cols = {k: [] for k in ("image", "cell_id", "bbox", "area", "nucleus_bbox", "border")}
-    f = size / mask
     for i in range(n_images):
         lab = hand_labels(rng, mask, int(rng.integers(*cells_per_image)))
-        labels[f"i{i}"] = lab
-        for cid in np.unique(lab[lab > 0]):
-            rr, cc = np.nonzero(lab == cid)
-            box = [int(rr.min() * f), int(cc.min() * f), int((rr.max() + 1) * f), int((cc.max() + 1) * f)]
-            cols["image"].append(i)
-            cols["cell_id"].append(int(cid))
-            cols["bbox"].append(box)
-            cols["area"].append(int(len(rr) * f * f))
-            cols["nucleus_bbox"].append(box)
-            cols["border"].append(False)
-    np.savez(tmp / LABELS_FILE, **labels)
-    write_cells_table(store, {k: np.asarray(v) for k, v in cols.items()}, n_images)
+        ids = np.unique(lab[lab > 0])
+        lut = np.zeros(lab.max() + 1, dtype=np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        labels[f"i{i}"] = lut[lab]  # ids 1..n as the segmentation stores them
+    SEG.ensure_layout(store, n_images, (mask, mask))
+    SEG.write_block(store, 0, n_images, {i: (labels[f"i{i}"].astype(np.uint16),) * 2 for i in range(n_images)})
+    SEG.build_cells_table(store)
     folds = np.array([i % n_folds for i in range(n_images)], dtype=np.int8)
     folds[-1] = -1
     write_image_folds(store, folds)
@@ -76,8 +62,7 @@ def make_cell_store(tmp: Path, n_images: int = 6, size: int = 64, mask: int = 32
 
 
 @pytest.fixture
-def cell_store(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "read_cell_labels", npz_labels)
+def cell_store(tmp_path):
     return make_cell_store(tmp_path)
 
 
@@ -247,7 +232,6 @@ def test_cell_batches_gather_across_images_with_workers(cell_store):
 
 
 def test_pixels_come_from_cache_when_large_enough(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "read_cell_labels", npz_labels)
     store, _ = make_cell_store(tmp_path, n_images=2, cache_size=32)
 
     def no_png(i):

@@ -18,7 +18,7 @@ from hpacli.errors import HpaError
 from hpacli.label.pseudolabel import run_pseudolabel
 from hpacli.store import Shard
 from hpacli.store import pseudolabels as PL
-from tests.test_crops import make_cell_store, npz_labels
+from tests.test_crops import make_cell_store
 
 IMG = 32  # the image models' input size
 BLOCK = 8
@@ -46,8 +46,7 @@ def make_models(folder: Path, folds=(0, 1, 2)) -> str:
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "read_cell_labels", npz_labels)
+def setup(tmp_path):
     store, labels = make_cell_store(tmp_path, n_images=6)
     models = make_models(tmp_path / "runs")
     return store, labels, models, tmp_path
@@ -176,11 +175,8 @@ def test_duplicates_are_skipped(setup):
 KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from hpacli.data import crops as C
 import hpacli.label.pseudolabel as P
-from tests.test_crops import npz_labels
 from hpacli.store import open_store
-C.read_cell_labels = npz_labels
 real = P.predict_views
 def slow(*a, **k):
     time.sleep(0.3)

@@ -82,13 +82,15 @@ def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label image (ids are never blended)."""
+    """Nearest-neighbour resize of a label image (ids are never blended), with the
+    segmentation's rule: output row ``r`` shows input row ``floor(r * h / H)``, so the
+    cells table's bboxes (exact for that rule at original size) stay exact here."""
     h, w = labels.shape
     H, W = int(shape[0]), int(shape[1])
     if (h, w) == (H, W):
         return labels
-    rows = np.minimum(((np.arange(H) + 0.5) * (h / H)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * (w / W)).astype(np.int64), w - 1)
+    rows = (np.arange(H, dtype=np.int64) * h) // H
+    cols = (np.arange(W, dtype=np.int64) * w) // W
     return labels[rows[:, None], cols[None, :]]
 
 
@@ -262,8 +264,12 @@ def load_image(store, index: int, work_size: int | None, height: int, width: int
     """(pixels ``[4, h, w]``, cell labels ``[h, w]``) at working resolution."""
     shape = work_shape(height, width, work_size)
     pixels = load_pixels(store, index, shape, cache_size)
-    labels = resize_nearest(read_cell_labels(store, index), shape)
-    return pixels, labels
+    labels = read_cell_labels(store, index)
+    if labels.size == 0:
+        from ..errors import InputError
+
+        raise InputError("no label image (the image was unreadable when segmented)")
+    return pixels, resize_nearest(labels, shape)
 
 
 # ---------------------------------------------------------------------------- dataset
