@@ -189,9 +189,16 @@ def test_cli_negatives_then_fold_obvious(tmp_path):
     ids = st.images.ids().tolist()
     kept = {ids[i] for i in np.flatnonzero(fold >= 0)}
     assert kept == {"neg_stained", "pos"}
+    res = CliRunner().invoke(build_app(), ["fold", "--store", s, "--cells", "--n-splits", "3", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    from hpacli.store.folds import read_cell_folds
+
+    cell_fold = read_cell_folds(st)
+    assert len(cell_fold) == 5 and (cell_fold >= 0).all()
+    assert len(set(cell_fold[:2].tolist())) == 2  # the two cells of one image go to different folds
     res = CliRunner().invoke(build_app(), ["info", "--store", s])
     assert res.exit_code == 0, res.output
     assert "obvious negatives" in res.output and "1 of 4 Negative images flagged" in res.output
-    assert "image folds 'default'" in res.output
+    assert "image folds 'default'" in res.output and "cell folds 'default'" in res.output
     res = CliRunner().invoke(build_app(), ["negatives", "--store", str(tmp_path / "nope.zarr")])
     assert res.exit_code == 2 and "no store" in res.output
