@@ -240,3 +240,78 @@ def test_graph_l1_is_registered_through_the_hook(fold):
     assert y.shape == y0.shape
     with pytest.raises(HpaError):
         create_denoiser("graph-l1", stop_frac=2.0)
+
+
+# ----------------------------------------------------------------------------- stage
+@pytest.fixture()
+def denoise_store(tmp_path):
+    from hpacli.store import BlockWork, open_store
+    from hpacli.store import pseudolabels as pl
+    from hpacli.store.cells import CellTable, write_cells_table
+    from hpacli.store.folds import write_cell_folds
+
+    x, y0, miss, rare = clustered(n=600, rare=60, missing=20, seed=3)
+    n = len(x)
+    st = open_store(tmp_path / "s.zarr", "a")
+    image = np.repeat(np.arange(60), 10)
+    write_cells_table(st, {"image": image, "cell_id": np.tile(np.arange(1, 11), 60), "bbox": np.zeros((n, 4)),
+                           "area": np.ones(n), "nucleus_bbox": np.zeros((n, 4)), "border": np.zeros(n, bool)}, 60)
+    attrs = {"cells_table_id": CellTable(st).table_id, "models": {}, "views": ["id"], "img_size": {}}
+    pl.prepare_run(st, "r", n, x.shape[1], attrs, block=100)
+    for s in range(0, n, 100):
+        pl.write_block(st, "r", s, y0[s:s + 100, :19], x[s:s + 100], np.zeros(100, np.int8))
+    work = BlockWork(st, "labels/r", n, 100)
+    for b in range(work.n_blocks):
+        work.mark_done(b)
+    write_cell_folds(st, np.tile(np.arange(2), n // 2).astype(np.int8))  # 2 folds, interleaved
+    return st, y0, miss
+
+
+def test_denoise_stage_writes_per_fold_results_and_resumes(denoise_store, tmp_path):
+    from hpacli.label.denoise import run_accept, run_denoise, run_select
+    from hpacli.store import denoise as layout
+
+    st, y0, miss = denoise_store
+    params = {"k": 20, "n_eig": 12}
+    s1 = run_denoise(st, "r", params=params, recall_sample=0)
+    assert s1.folds_done == [0, 1] and s1.cells == {0: 300, 1: 300}
+    first = layout.read(st, "r")
+    assert (first["fold"] == np.tile(np.arange(2), 300)).all()
+    np.testing.assert_allclose(first["y_init"], y0, atol=1e-6)
+    # each fold alone equals the library on that fold's cells
+    rows = np.flatnonzero(first["fold"] == 1)
+    emb = st.array("labels/r/embeddings")[:][rows]
+    want = gl.GraphL1Denoiser(**params).denoise(emb, gl.make_y_init(np.asarray(
+        st.array("labels/r/probs")[:], np.float64)[rows]))
+    np.testing.assert_allclose(first["y_opt"][rows], want, atol=1e-5)
+    knn = layout.read_knn(st, "r")
+    assert (first["fold"][knn[rows]] == 1).all()  # neighbours stay inside the fold
+    # a run killed during fold 1: marker not set, rows half written -> rerun gives the same
+    st.array("denoise/r/_done")[1] = False
+    arr = st.array("denoise/r/y_opt")
+    arr[:50] = 0.0
+    s2 = run_denoise(st, "r", params=params, recall_sample=0)
+    assert s2.folds_skipped == [0] and s2.folds_done == [1]
+    again = layout.read(st, "r")
+    np.testing.assert_array_equal(again["y_opt"][rows], first["y_opt"][rows])
+    with pytest.raises(HpaError, match="other params"):
+        run_denoise(st, "r", params={"k": 20, "n_eig": 12, "gamma": 0.3})
+
+    res = run_select(st, "r", top=10)
+    assert len(res.cells) == 20  # 10 per fold
+    assert len(np.intersect1d(res.cells, miss)) >= 18
+    assert res.counts["top"] == 20 and res.counts["threshold"] is not None
+    cells, attrs = layout.read_selection(st, "r")
+    np.testing.assert_array_equal(cells, res.cells)
+    assert attrs["accepted"] is False
+    res_nb = run_select(st, "r", neighbours=10, min_hits=3, name="nb")
+    assert res_nb.counts["neighbours"] >= 1
+    csv = tmp_path / "reviewed.csv"
+    csv.write_text("row,y_opt\n" + "\n".join(f"{c},0" for c in res.cells[:5]) + "\n")
+    assert run_accept(st, "r", csv) == 5
+    cells, attrs = layout.read_selection(st, "r")
+    assert attrs["accepted"] is True and list(cells) == list(res.cells[:5])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo\n1\n")
+    with pytest.raises(InputError):
+        run_accept(st, "r", bad)

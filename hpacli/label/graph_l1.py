@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "stop_frac": 0.999,
     "max_iter": 1000,
     "knn": "auto",
-    "eig_tol": 1e-8,
+    "eig_tol": 1e-6,
 }
 
 
@@ -286,7 +286,7 @@ class GraphL1Denoiser:
 
     def __init__(self, k: int = 200, n_eig: int = 50, lam: float = 0.001, gamma: float = 0.12,
                  rtol: float = 0.01, stop_frac: float = 0.999, max_iter: int = 1000, knn: str = "auto",
-                 eig_method: str = "lanczos", eig_tol: float = 1e-8, threads: int | None = None, seed: int = 0,
+                 eig_method: str = "lanczos", eig_tol: float = 1e-6, threads: int | None = None, seed: int = 0,
                  **knn_options: Any) -> None:
         if not 0 < stop_frac <= 1:
             raise HpaError(f"stop_frac must be in (0, 1], got {stop_frac}")

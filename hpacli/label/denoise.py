@@ -1,0 +1,318 @@
+"""The ``hpa denoise`` and ``hpa select-mitotic`` stages (library side; the CLI only parses).
+
+``run_denoise`` de-noises each cell fold of a pseudo-label run with a registered denoiser
+(``graph-l1`` by default): Y_init from the stored probabilities, embeddings read chunk by
+chunk from the store, Y_init / Y_opt / the kNN lists written per fold; a fold is marked
+done only after its rows are written, so a killed run redoes at most the fold in flight
+(the computation is deterministic for a given seed: same result).
+
+``run_select`` applies the selection rules to the stored Y_opt, writes the selection into
+the store, a CSV (ID, cell index, scores) and a PNG gallery; ``run_accept`` imports a
+reviewed CSV as the final selection.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HpaError, InputError, StoreError
+from . import select as sel
+from .graph_l1 import make_y_init
+
+
+class FoldEmbeddings:
+    """The embeddings of some cell rows as an array-like (``shape``, row slices), read
+    from the store in contiguous chunks on demand (float16)."""
+
+    def __init__(self, store, run: str, rows: np.ndarray) -> None:
+        from ..store import pseudolabels as pl
+
+        self.store, self.run, self.rows = store, run, np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), pl.embedding_dim(store, run))
+        self._pl = pl
+
+    def __getitem__(self, s):
+        if not isinstance(s, slice):
+            raise TypeError("FoldEmbeddings supports row slices only")
+        rows = self.rows[s]
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), dtype=np.float16)
+        parts = [e for _, e in self._pl.iter_embeddings(self.store, self.run, rows, chunk=len(rows))]
+        return np.concatenate(parts)
+
+
+@dataclass
+class DenoiseSummary:
+    folds_done: list[int] = field(default_factory=list)
+    folds_skipped: list[int] = field(default_factory=list)
+    cells: dict[int, int] = field(default_factory=dict)
+    diagnostics: dict[int, dict] = field(default_factory=dict)
+
+
+def _fold_rows(store, run: str, cell_folds: str) -> tuple[np.ndarray, np.ndarray]:
+    from ..store import pseudolabels as pl
+    from ..store.folds import read_cell_folds
+
+    pl.check_current(store, run)
+    fold = read_cell_folds(store, cell_folds)
+    labelled = pl.labelled_mask(store, run)
+    if len(fold) != len(labelled):
+        raise StoreError("the cell folds belong to another cells table; run `hpa fold --cells` again")
+    fold = np.where(labelled, fold, -1).astype(np.int8)
+    return fold, labelled
+
+
+def run_denoise(store, run: str = "default", folds: str | list[int] = "all", denoiser: str = "graph-l1",
+                params: dict | None = None, cell_folds: str = "default", overwrite: bool = False,
+                recall_sample: int = 300, progress=None) -> DenoiseSummary:
+    """De-noise the cell folds of pseudo-label run ``run`` (see the module doc)."""
+    from ..registry import create_denoiser
+    from ..store import BlockWork, begin_stage
+    from ..store import denoise as layout
+    from ..store import pseudolabels as pl
+    from ..store.cells import CellTable
+    from . import knn as knnmod
+
+    params = dict(params or {})
+    den = create_denoiser(denoiser, **params)
+    k = int(getattr(den, "k", params.get("k", 200)))
+    fold, _ = _fold_rows(store, run, cell_folds)
+    n_folds = int(fold.max()) + 1 if (fold >= 0).any() else 0
+    if n_folds == 0:
+        raise HpaError(f"no labelled cell is in a de-noising fold; run `hpa pseudolabel --run {run}` and "
+                       "`hpa fold --cells` first")
+    wanted = list(range(n_folds)) if folds == "all" else [int(f) for f in folds]
+    for f in wanted:
+        if not 0 <= f < n_folds:
+            raise HpaError(f"--fold {f} does not exist: the cells are in folds 0..{n_folds - 1}")
+    table_id = CellTable(store).table_id
+    all_params = getattr(den, "params", params)
+    key = layout.prepare(store, run, len(fold), k, {"cells_table_id": table_id, "denoiser": denoiser,
+                                                    "params": all_params, "cell_folds": cell_folds},
+                         overwrite=overwrite)
+    stage = begin_stage(store, key, "denoise", {"run": run, "denoiser": denoiser, **all_params})
+    work = BlockWork(store, key, n_folds, 1)
+    done = work.done_mask()
+    probs = pl.read_probs(store, run)
+    summary = DenoiseSummary()
+    diag_all = dict(store.attrs(key).get("folds") or {})
+    for f in wanted:
+        if done[f]:
+            summary.folds_skipped.append(f)
+            continue
+        rows = np.flatnonzero(fold == f)
+        if len(rows) <= k:
+            raise InputError(f"fold {f} has {len(rows)} labelled cells, not more than k = {k}; lower --k")
+        t0 = time.perf_counter()
+        y_init = make_y_init(probs[rows])
+        emb = FoldEmbeddings(store, run, rows)
+        if hasattr(den, "run"):
+            res = den.run(emb, y_init, progress=progress)
+            y_opt, graph = res.y_opt, res.knn
+            diag = {"n_iter": res.n_iter, "converged": res.converged, "objective": res.objective,
+                    "seconds": {p: round(s, 2) for p, s in res.seconds.items()},
+                    "knn": graph.method, "knn_params": graph.params}
+            knn_rows = rows[graph.indices]
+            if graph.method != "exact" and recall_sample > 0:
+                diag["recall_at_k"] = round(knnmod.knn_recall(emb, graph.indices, sample=recall_sample), 4)
+        else:  # a third-party denoiser: Y_opt only
+            y_opt = np.asarray(den.denoise(emb, y_init, progress=progress), dtype=np.float64)
+            if y_opt.shape != y_init.shape:
+                raise HpaError(f"denoiser {denoiser!r} returned shape {y_opt.shape}, expected {y_init.shape}")
+            knn_rows = np.full((len(rows), k), -1, dtype=np.int64)
+            diag = {}
+        layout.write_fold(store, run, rows, f, y_init, y_opt, knn_rows)
+        diag["cells"] = int(len(rows))
+        diag["seconds_total"] = round(time.perf_counter() - t0, 2)
+        diag_all[str(f)] = diag
+        store.update_attrs(key, {"folds": diag_all})
+        work.mark_done(f)
+        summary.folds_done.append(f)
+        summary.cells[f] = int(len(rows))
+        summary.diagnostics[f] = diag
+    stage.finish("done" if work.all_done() else "running", folds_done=summary.folds_done)
+    return summary
+
+
+# ----------------------------------------------------------------------------- select
+@dataclass
+class SelectSummary:
+    cells: np.ndarray
+    counts: dict
+    csv: Path | None
+    gallery: Path | None
+    rule: str
+
+
+def _scores(y_init, y_opt, fold, cls):
+    yo = y_opt[:, cls].astype(np.float64)
+    scaled = np.zeros_like(yo)
+    for f in np.unique(fold[fold >= 0]):
+        m = fold == f
+        top = np.nanmax(yo[m]) if m.any() else 0.0
+        scaled[m] = yo[m] / top if top > 0 else 0.0
+    return y_init[:, cls].astype(np.float64), yo, scaled
+
+
+def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init_below: float = 0.4,
+               opt_frac: float = 0.92, top: int | None = None, neighbours: int | None = None, min_hits: int = 3,
+               positive_at: float = 0.5, name: str = "mitotic", out_dir: Path | None = None,
+               gallery: int = 120) -> SelectSummary:
+    """Select cells of class ``cls`` (per de-noising fold, as the fold's Y_opt max differs)."""
+    from ..store import denoise as layout
+
+    data = layout.read(store, run)
+    fold = data["fold"].astype(np.int64)
+    ok = fold >= 0
+    if not ok.any():
+        raise HpaError(f"no de-noised cells for {run!r}; run `hpa denoise --run {run}` first")
+    y_init = np.nan_to_num(data["y_init"], nan=1.0)  # not de-noised: never "under the bound"
+    y_opt = np.nan_to_num(data["y_opt"], nan=0.0)
+    if not 0 <= cls < y_opt.shape[1] - 1:
+        raise HpaError(f"--class must be 0..{y_opt.shape[1] - 2}, got {cls}")
+    picked: list[np.ndarray] = []
+    counts: dict = {"per_fold": {}}
+    knn = layout.read_knn(store, run) if neighbours else None
+    for f in np.unique(fold[ok]):
+        rows = np.flatnonzero(fold == f)
+        yi, yo = y_init[rows], y_opt[rows]
+        c = sel.selection_counts(yi, yo, cls, init_below, opt_frac, top, None, None, min_hits, positive_at)
+        fold_counts = c.as_dict()
+        if top is not None:
+            idx = sel.select_top(yi, yo, top, cls, init_below)
+        else:
+            idx = sel.select_threshold(yi, yo, cls, init_below, opt_frac)
+        chosen = rows[idx]
+        if neighbours:
+            pos = sel.known_positives(y_init, cls, positive_at)
+            pos = pos[fold[pos] == f]
+            if (knn[pos] < 0).any():
+                raise HpaError("this run stored no neighbour lists (its denoiser gives none); drop --neighbours")
+            nb, _ = sel.select_neighbours(knn, pos, neighbours, min_hits)
+            nb = nb[(fold[nb] == f) & (y_init[nb, cls] < init_below)]
+            fold_counts["neighbours"] = int(len(nb))
+            chosen = np.concatenate([chosen, np.setdiff1d(nb, chosen)])
+        counts["per_fold"][int(f)] = fold_counts
+        picked.append(chosen)
+    cells = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    yi, yo, scaled = _scores(y_init, y_opt, fold, cls)
+    cells = cells[np.argsort(-scaled[cells], kind="stable")]
+    scores = np.stack([yi[cells], yo[cells], scaled[cells]], axis=1) if len(cells) else np.zeros((0, 3))
+    rule = f"top {top}" if top is not None else f"Y_init < {init_below} and Y_opt >= {opt_frac} * max"
+    if neighbours:
+        rule += f" + neighbours (k={neighbours}, hits >= {min_hits})"
+    for key_ in ("threshold", "top", "neighbours", "below_bound"):
+        vals = [v.get(key_) for v in counts["per_fold"].values() if v.get(key_) is not None]
+        counts[key_] = int(sum(vals)) if vals else None
+    attrs = {"class": int(cls), "rule": rule, "init_below": init_below, "opt_frac": opt_frac, "top": top,
+             "neighbours": neighbours, "min_hits": min_hits, "counts": counts, "accepted": False}
+    layout.write_selection(store, run, name, cells, scores, attrs)
+    csv = png = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv = out_dir / f"{name}_{run}.csv"
+        write_csv(store, csv, cells, scores, fold)
+        if gallery and len(cells):
+            png = out_dir / f"{name}_{run}.png"
+            write_gallery(store, png, cells[:gallery], scores[:gallery])
+    return SelectSummary(cells, counts, csv, png, rule)
+
+
+def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np.ndarray) -> None:
+    import pandas as pd
+
+    from ..store.cells import CellTable
+
+    table = CellTable(store)
+    image = table.column("image")[cells]
+    ids = store.images.ids()[image] if len(cells) else np.zeros(0, dtype=str)
+    pd.DataFrame({
+        "ID": ids, "cell_index": table.column("cell_id")[cells], "row": cells, "fold": fold[cells],
+        "y_init": np.round(scores[:, 0], 5), "y_opt": np.round(scores[:, 1], 5),
+        "y_opt_scaled": np.round(scores[:, 2], 5),
+    }).to_csv(path, index=False)
+
+
+def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile: int = 128, cols: int = 10) -> None:
+    """Masked crops (other cells zeroed) as RGB composites (red = microtubules + yellow/2,
+    green = protein, blue = nuclei), sorted by score, titled "Y_init / scaled Y_opt"."""
+    from PIL import Image, ImageDraw
+
+    from ..data.crops import masked_crop, read_cell_labels, resize_nearest
+    from ..store.cells import CellTable
+
+    table = CellTable(store)
+    image, cell_id, bbox = table.column("image"), table.column("cell_id"), table.column("bbox")
+    rows_n = (len(cells) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * tile, rows_n * (tile + 14)), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    cache: dict[int, tuple] = {}
+    for i, c in enumerate(cells):
+        im = int(image[c])
+        try:
+            if im not in cache:
+                cache.clear()
+                pix = store.images.read_image(im)
+                lab = read_cell_labels(store, im)
+                cache[im] = (pix, resize_nearest(lab, pix.shape[1:]))
+            pix, lab = cache[im]
+            crop = masked_crop(pix, lab, int(cell_id[c]), bbox[c])
+            r, g, b, y = (crop[j].astype(np.float32) for j in range(4))
+            rgb = np.stack([np.clip(r + y / 2, 0, 255), g, b], axis=-1).astype(np.uint8)
+            thumb = Image.fromarray(rgb)
+            thumb.thumbnail((tile, tile))
+        except (HpaError, OSError, ValueError) as exc:
+            thumb = Image.new("RGB", (tile, tile), (80, 0, 0))
+            ImageDraw.Draw(thumb).text((4, 4), f"unreadable:\n{str(exc)[:40]}", fill=(255, 255, 255))
+        x, yy = (i % cols) * tile, (i // cols) * (tile + 14)
+        sheet.paste(thumb, (x, yy + 14))
+        draw.text((x + 2, yy + 1), f"{scores[i, 0]:.2f} / {scores[i, 2]:.2f}", fill=(255, 255, 0))
+    sheet.save(path)
+
+
+def run_accept(store, run: str, csv: Path, name: str = "mitotic") -> int:
+    """Import a reviewed CSV (rows kept = accepted) as the final selection; returns its size."""
+    import pandas as pd
+
+    from ..store import denoise as layout
+    from ..store.cells import CellTable
+
+    path = Path(csv)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    table = CellTable(store)
+    if "row" in df.columns:
+        cells = df["row"].to_numpy(dtype=np.int64)
+    elif {"ID", "cell_index"} <= set(df.columns):
+        img = store.images.index_of(df["ID"].astype(str).to_numpy())
+        starts = table.offsets()[img]
+        stops = table.offsets()[img + 1]
+        ids = table.column("cell_id")
+        cells = []
+        for s, e, cid in zip(starts, stops, df["cell_index"].to_numpy()):
+            hit = np.flatnonzero(ids[s:e] == cid)
+            if not len(hit):
+                raise InputError(f"{path}: cell {cid} is not in its image")
+            cells.append(s + int(hit[0]))
+        cells = np.asarray(cells, dtype=np.int64)
+    else:
+        raise InputError(f"{path} needs a 'row' column or 'ID' and 'cell_index' columns")
+    if len(cells) and (cells.min() < 0 or cells.max() >= table.n):
+        raise InputError(f"{path}: cell rows outside 0..{table.n - 1}")
+    data = layout.read(store, run)
+    _, old = layout.read_selection(store, run, name) if store.has(
+        f"{layout.run_key(run)}/selections/{name}/cells") else (None, {})
+    cls = int(old.get("class", sel.MITOTIC_SPINDLE))
+    yi, yo, scaled = _scores(np.nan_to_num(data["y_init"], nan=1.0), np.nan_to_num(data["y_opt"], nan=0.0),
+                             data["fold"].astype(np.int64), cls)
+    scores = np.stack([yi[cells], yo[cells], scaled[cells]], axis=1) if len(cells) else np.zeros((0, 3))
+    layout.write_selection(store, run, name, cells, scores,
+                           {**old, "class": cls, "accepted": True, "accepted_from": str(path)})
+    return int(len(cells))
