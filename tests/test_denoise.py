@@ -315,3 +315,32 @@ def test_denoise_stage_writes_per_fold_results_and_resumes(denoise_store, tmp_pa
     bad.write_text("foo\n1\n")
     with pytest.raises(InputError):
         run_accept(st, "r", bad)
+
+
+def test_denoise_and_select_commands(denoise_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from hpacli.cli.app import build_app
+
+    st, _, miss = denoise_store
+    runner = CliRunner()
+    s = str(st.path)
+    res = runner.invoke(build_app(), ["denoise", "--store", s, "--run", "r", "--k", "20", "--n-eig", "12",
+                                      "--fold", "0", "--recall-sample", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "de-noised" in res.output
+    res = runner.invoke(build_app(), ["denoise", "--store", s, "--run", "r", "--fold", "7", "--k", "20",
+                                      "--n-eig", "12", "-q"])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--top", "5", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "threshold rule picks" in res.output
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "mitotic_r.csv")
+    assert len(df) == 5 and set(df.columns) >= {"ID", "cell_index", "row", "y_init", "y_opt", "y_opt_scaled"}
+    assert (df["fold"] == 0).all() and (df["y_init"] < 0.4).all()
+    assert (tmp_path / "mitotic_r.png").exists()
+    res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--accept",
+                                      str(tmp_path / "mitotic_r.csv")])
+    assert res.exit_code == 0 and "accepted 5" in res.output

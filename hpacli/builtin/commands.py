@@ -23,7 +23,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
     ("train-image", "train_image", TRAINING),
+    ("train-cell", "train_cell", TRAINING),
     ("pseudolabel", "pseudolabel", INFERENCE),
+    ("denoise", "denoise", TRAINING),
+    ("select-mitotic", "select_mitotic", TRAINING),
 ]
 
 del TRAINING, INFERENCE  # panels used as commands land

@@ -230,7 +230,8 @@ def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np
 
     table = CellTable(store)
     image = table.column("image")[cells]
-    ids = store.images.ids()[image] if len(cells) else np.zeros(0, dtype=str)
+    all_ids = store.images.ids() if store.images.exists else np.zeros(0, dtype=str)
+    ids = np.array([all_ids[i] if i < len(all_ids) else "" for i in image], dtype=object)
     pd.DataFrame({
         "ID": ids, "cell_index": table.column("cell_id")[cells], "row": cells, "fold": fold[cells],
         "y_init": np.round(scores[:, 0], 5), "y_opt": np.round(scores[:, 1], 5),
@@ -266,7 +267,7 @@ def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile
             rgb = np.stack([np.clip(r + y / 2, 0, 255), g, b], axis=-1).astype(np.uint8)
             thumb = Image.fromarray(rgb)
             thumb.thumbnail((tile, tile))
-        except (HpaError, OSError, ValueError) as exc:
+        except (HpaError, OSError, ValueError, IndexError, KeyError) as exc:  # reported on the tile
             thumb = Image.new("RGB", (tile, tile), (80, 0, 0))
             ImageDraw.Draw(thumb).text((4, 4), f"unreadable:\n{str(exc)[:40]}", fill=(255, 255, 255))
         x, yy = (i % cols) * tile, (i // cols) * (tile + 14)

@@ -1,0 +1,50 @@
+"""hpa select-mitotic: cells the de-noised labels add to a class, for review by eye."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import QuietOpt, StoreOpt
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    run: Annotated[str, typer.Option("--run", "-r", help="The de-noised pseudo-label run.")] = "default",
+    cls: Annotated[int, typer.Option("--class", min=0, max=18, help="Class index (11 = mitotic spindle).")] = 11,
+    init_below: Annotated[float, typer.Option("--init-below", help="Only cells with Y_init below this.")] = 0.4,
+    opt_frac: Annotated[float, typer.Option("--opt-frac", help="Y_opt ≥ this × the fold's max.")] = 0.92,
+    top: Annotated[int | None, typer.Option("--top", min=0, help="Instead: the K highest Y_opt per fold.")] = None,
+    neighbours: Annotated[int | None, typer.Option("--neighbours", min=1, help="Also cells among the first K "
+                                                   "neighbours of known positives...")] = None,
+    min_hits: Annotated[int, typer.Option("--min-hits", min=1, help="...at least this many times.")] = 3,
+    name: Annotated[str, typer.Option("--name", help="Name of the selection in the store.")] = "mitotic",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV and the PNG gallery.")] = Path("."),
+    accept: Annotated[Path | None, typer.Option("--accept", help="Import a reviewed CSV (rows kept = accepted) "
+                                                "as the final selection.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Select cells with Y_init below the bound and a high de-noised Y_opt; CSV + gallery to review."""
+    from ...label.denoise import run_accept, run_select
+    from ...progress import console
+    from ...store import open_store
+
+    st = open_store(store, "a")
+    if accept is not None:
+        n = run_accept(st, run, accept, name)
+        console.print(f"accepted {n} cell(s) from {accept} as selection {name!r} of {run!r}")
+        return
+    res = run_select(st, run, cls, init_below, opt_frac, top, neighbours, min_hits, name=name, out_dir=out)
+    c = res.counts
+    console.print(f"rule: {res.rule}: {len(res.cells)} cell(s) selected")
+    console.print(f"  threshold rule picks {c['threshold']}, cells under the bound {c['below_bound']}"
+                  + (f", top rule {c['top']}" if c.get("top") is not None else "")
+                  + (f", neighbour rule {c['neighbours']}" if c.get("neighbours") is not None else ""))
+    if c["threshold"] == 0 and top is None:
+        console.print("[yellow]the threshold rule selected nothing (a lone maximum?); try --top K[/]")
+    if res.csv:
+        console.print(f"CSV: {res.csv}")
+    if res.gallery:
+        console.print(f"gallery: {res.gallery}")
