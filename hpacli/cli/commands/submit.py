@@ -1,4 +1,4 @@
-"""hpa submit: check a submission CSV before upload (writing one from the store comes later)."""
+"""hpa submit: write the Kaggle submission from stored predictions (--out), or check one (--check)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from ..options import QuietOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -17,13 +19,51 @@ def command(
         typer.Option("--images", help="With --check: CSV with the expected IDs (e.g. sample_submission.csv)."),
     ] = None,
     max_problems: Annotated[int, typer.Option("--max-problems", min=1, help="Show at most this many problems.")] = 50,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the submission CSV from the store's predictions (checked first)."),
+    ] = None,
+    store: StoreOpt = Path("hpa.zarr"),
+    predictions: Annotated[
+        str, typer.Option("--predictions", "-p", help="With --out: the stored predictions (`hpa predict --name`).")
+    ] = "default",
+    min_conf: Annotated[
+        float,
+        typer.Option("--min-conf", min=0.0, max=1.0, help="With --out: one triple per class with confidence >= this."),
+    ] = 0.0,
+    classes: Annotated[
+        str | None, typer.Option("--classes", help="With --out: only these classes, e.g. 0,1,11 (default all 19).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="With --out: images to submit: test, train or all.")] = "test",
+    workers: WorkersOpt = 2,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Validate a Kaggle submission CSV: header, every triple, masks at the stated size, IDs."""
+    """Write a Kaggle submission from the stored cell predictions (--out), or validate one (--check)."""
     from ...errors import InputError
 
-    if check is None:
-        raise InputError("nothing to do: give --check FILE")
-    _run_check(check, images, max_problems)
+    if check is None and out is None:
+        raise InputError("nothing to do: give --out FILE (write from the store) or --check FILE")
+    if out is not None:
+        _run_write(out, store, predictions, min_conf, classes, split, workers, quiet)
+    if check is not None:
+        _run_check(check, images, max_problems)
+
+
+def _run_write(out: Path, store: Path, predictions: str, min_conf: float, classes: str | None, split: str,
+               workers: int, quiet: bool) -> None:
+    from ...evaluate.write import parse_classes, write_submission
+    from ...progress import console, make_progress
+    from ...store import open_store
+
+    st = open_store(store, "r")
+    with make_progress(transient=True, disable=quiet) as progress:
+        s = write_submission(st, predictions=predictions, out=out, min_conf=min_conf, classes=parse_classes(classes),
+                             split=split, workers=workers, progress=progress)
+    console.print(
+        f"[green]wrote[/] {out}: {s.images} image(s) ({s.images_without_cells} without cells), {s.cells:,} cell(s), "
+        f"{s.triples:,} triple(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f} s; passed the submission check",
+        highlight=False,
+    )
 
 
 def _run_check(path: Path, images: Path | None, max_problems: int) -> None:
