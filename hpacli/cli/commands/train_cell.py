@@ -1,0 +1,132 @@
+"""hpa train-cell: train the cell-level model of one fold on soft pseudo-labels (the seed's recipe by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import DeviceOpt, QuietOpt, SeedOpt, StoreOpt, WorkersOpt
+
+BEST_METRICS = ("auto", "cell_map", "map", "bin_acc", "loss")
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    fold: Annotated[int, typer.Option("--fold", "-f", min=0, help="Validation fold; cells of the others train.")] = 0,
+    labels: Annotated[
+        str, typer.Option("--labels", "-l", help="Pseudo-label run (`hpa pseudolabel --run`) giving the soft targets.")
+    ] = "default",
+    selection: Annotated[
+        str | None,
+        typer.Option("--selection", help="Accepted selection (`hpa select-mitotic`): its cells get 1 for its class."),
+    ] = None,
+    targets: Annotated[
+        str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage.")
+    ] = "soft",
+    denoise_run: Annotated[
+        str | None, typer.Option("--denoise-run", help="De-noising run for --targets denoised (default: --labels).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cell/fold<F>).")] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Start from weights, e.g. runs/image/fold0/best.pt (its architecture too)."),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option("--backbone", help="Registered backbone / timm name (default: --init-from's, else densenet121-hpa)."),
+    ] = None,
+    img_size: Annotated[int, typer.Option("--img-size", min=16, help="Side of the cell crops fed to the model.")] = 512,
+    work_size: Annotated[
+        int | None,
+        typer.Option("--work-size", min=16, help="Cut crops from the image resized to this side (default: original size)."),
+    ] = None,
+    fit: Annotated[
+        str, typer.Option("--fit", help="resize: squared crop resized to --img-size; pad: kept at --work-size scale, padded.")
+    ] = "resize",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Cells per micro-batch.")] = 32,
+    accum: Annotated[
+        int, typer.Option("--accum", min=1, help="Micro-batches per optimizer step (effective batch = accum × batch).")
+    ] = 4,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train.")] = 5,
+    lr_mult: Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")] = 4.0,
+    schedule: Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")] = "adam10",
+    epoch_offset: Annotated[int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")] = 0,
+    loss: Annotated[
+        str, typer.Option("--loss", help="Training loss; soft-* variants use the soft targets (`hpa plugins --list losses`).")
+    ] = "soft-focal-symmetric-lovasz-hardlog",
+    best_metric: Annotated[
+        str, typer.Option("--best-metric", help="auto (cell_map with truth, else loss), cell_map, map, bin_acc or loss.")
+    ] = "auto",
+    image_window: Annotated[
+        int,
+        typer.Option("--image-window", min=0, help="Shuffle cells within windows of this many images (fewer image "
+                     "decodes per batch); 0 = all cells shuffled (the seed's)."),
+    ] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the run in --out and start over.")] = False,
+    eval_at_start: Annotated[bool, typer.Option("--eval-at-start", help="Validate before the first step.")] = False,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps (then validate).")
+    ] = None,
+    save_minutes: Annotated[
+        float, typer.Option("--save-minutes", help="Also save last.pt every this many minutes within an epoch.")
+    ] = 10.0,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on GPUs that support it.")] = True,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the cell-level classifier on one fold (checkpoints last.pt/best.pt, log.csv).
+
+    Validation each epoch: soft focal loss, accuracy in 0.05-wide bins of the soft label and,
+    with cell-level truth in the store, the competition's cell mAP.
+    Multi-GPU: `torchrun --nproc_per_node N -m hpacli.cli.app train-cell ...` (same options).
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ...errors import HpaError
+    from ...progress import console, make_progress
+    from ...store import open_store
+    from ...train.cell import FITS, TARGET_KINDS, run_train_cell
+
+    if best_metric not in BEST_METRICS:
+        raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
+    if targets not in TARGET_KINDS:
+        raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
+    if fit not in FITS:
+        raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
+    if init_from is not None and not init_from.exists():
+        raise HpaError(f"--init-from {init_from} not found")
+    out = out or Path("runs/cell") / f"fold{fold}"
+    st = open_store(store, "r")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    def log(msg: str) -> None:
+        if rank0 and not quiet:
+            console.print(msg, highlight=False)
+
+    with make_progress(disable=quiet or not rank0) as progress:
+        summary = run_train_cell(
+            st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, backbone=backbone,
+            init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
+            progress=progress, log=log,
+            epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
+            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
+            best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
+            save_minutes=save_minutes,
+        )
+    if rank0:
+        best = summary["best_value"]
+        best_txt = (
+            f"best {summary['best_metric']} {best:.4f} (epoch {summary['best_epoch']})" if best is not None
+            else "no validation score"
+        )
+        console.print(
+            f"[green]trained[/] cell model fold {fold}: {summary['step']} optimizer step(s), "
+            f"{summary['images_seen']} cells; {best_txt}; checkpoints in {out}",
+            highlight=False,
+        )

@@ -1,0 +1,348 @@
+"""hpa train-cell: targets from pseudo-labels + selection, fold rows, the crop dataset,
+validation metrics (bins, cell mAP through the evaluate code), exact resume, CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from hpacli.classes import N_CLASSES
+from hpacli.data import crops as C
+from hpacli.errors import HpaError, StoreError
+from hpacli.store import pseudolabels as PL
+from hpacli.train import cell as TC
+from tests.test_crops import make_cell_store
+
+PL_BLOCK = 8
+RUN = "pl"
+
+
+# ----------------------------------------------------------------------------- fixtures
+def write_pseudolabels(store, run: str, probs: np.ndarray, labelled: np.ndarray) -> None:
+    """Fake `hpa pseudolabel` output written through the store module."""
+    from hpacli.store.cells import CellTable
+    from hpacli.store.work import BlockWork
+
+    n = len(probs)
+    attrs = {"cells_table_id": CellTable(store).table_id, "models": {}, "views": ["id"], "img_size": {}}
+    key = PL.prepare_run(store, run, n, 8, attrs, block=PL_BLOCK)
+    work = BlockWork(store, key, n, PL_BLOCK)
+    model = np.where(labelled, 0, -1).astype(np.int8)
+    for b in work.todo():
+        PL.write_block(store, run, b.start, probs[b.start : b.stop], np.zeros((len(b), 8)), model[b.start : b.stop])
+        work.mark_done(b)
+
+
+def write_selection(store, name: str, rows, cls: int) -> None:
+    """A selection in the layout train-cell reads when hpacli.store has no selections module."""
+    from hpacli.store.cells import CellTable
+
+    store.group("selections", create=True)
+    store.group(f"selections/{name}", create=True)
+    arr = store.create_array(f"selections/{name}/rows", (len(rows),), "int64", (1024,), encoding="cell-rows",
+                             overwrite=True)
+    arr[:] = np.asarray(rows, dtype=np.int64)
+    store.update_attrs(f"selections/{name}", {"class": int(cls), "accepted": True,
+                                              "cells_table_id": CellTable(store).table_id})
+
+
+def cell_truth(store, labels: dict, seed: int = 0) -> dict:
+    """Cell-level truth = the segmentation's cells, one or two classes each; stored in the store."""
+    import pandas as pd
+
+    from hpacli.evaluate.masks import encode_mask
+    from hpacli.store.truth import write_truth
+
+    rng = np.random.default_rng(seed)
+    df = store.images.df()
+    rows, classes = [], {}
+    for i in range(store.images.n):
+        h, w = int(df["height"].iat[i]), int(df["width"].iat[i])
+        full = C.resize_nearest(labels[f"i{i}"], (h, w))
+        parts = []
+        for cid in np.unique(full[full > 0]):
+            cs = sorted(set(rng.choice([0, 2, 5], size=int(rng.integers(1, 3))).tolist()))
+            classes[(i, int(cid))] = cs
+            enc = encode_mask(full == cid)
+            parts += [f"{c} 1 {enc}" for c in cs]
+        rows.append({"ID": df["ID"].iat[i], "ImageWidth": w, "ImageHeight": h, "PredictionString": " ".join(parts)})
+    write_truth(store, pd.DataFrame(rows))
+    return classes
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """9 images of 64 px (folds 0,1,2 round robin, the last unused), hand-made cells,
+    random soft pseudo-labels for the cells of fold images."""
+    from hpacli.store.cells import CellTable
+    from hpacli.store.folds import read_image_folds
+
+    store, labels = make_cell_store(tmp_path, n_images=9)
+    cells = CellTable(store)
+    image_fold = read_image_folds(store)[cells.column("image")]
+    rng = np.random.default_rng(1)
+    probs = rng.random((cells.n, N_CLASSES)).astype(np.float32)
+    labelled = image_fold >= 0
+    write_pseudolabels(store, RUN, probs, labelled)
+    return store, labels, probs, labelled, image_fold, tmp_path
+
+
+# ----------------------------------------------------------------------------- targets
+def test_combine_targets_sets_selected_classes_only():
+    base = np.full((6, N_CLASSES), 0.25, dtype=np.float32)
+    base[4] = np.nan  # not labelled
+    has = np.array([1, 1, 1, 1, 0, 1], bool)
+    has[5] = False  # labelled flag off although the row is finite
+    out = TC.combine_targets(base, has, [1, 3, 4], 11)
+    assert out.n_selected == 2 and out.n_selected_skipped == 1
+    assert out.y[1, 11] == 1.0 and out.y[3, 11] == 1.0
+    assert np.isnan(out.y[4]).all() and np.isnan(out.y[5]).all()  # no target: stays out
+    assert np.array_equal(out.has, [1, 1, 1, 1, 0, 0])
+    untouched = np.ones_like(out.y, bool)
+    untouched[[1, 3], 11] = False
+    untouched[[4, 5]] = False
+    assert np.all(out.y[untouched] == 0.25)
+    # 20 columns (Y_opt with the "nothing" column): the first 19 are taken
+    wide = TC.combine_targets(np.full((2, 20), 0.5, np.float32), np.ones(2, bool))
+    assert wide.y.shape == (2, N_CLASSES)
+    with pytest.raises(StoreError, match="classes outside"):
+        TC.combine_targets(base, has, [1], 19)
+    with pytest.raises(StoreError, match="rows outside"):
+        TC.combine_targets(base, has, [6], 11)
+    with pytest.raises(StoreError, match="probabilities"):
+        TC.combine_targets(base * 8, has)
+
+
+def test_targets_from_store_pseudolabels_and_selection(setup):
+    store, _, probs, labelled, image_fold, _ = setup
+    tg = TC.assemble_targets(store, RUN)
+    assert np.array_equal(tg.has, labelled)
+    np.testing.assert_array_equal(tg.y[labelled], probs[labelled])
+    sel_rows = [int(np.flatnonzero(labelled)[0]), int(np.flatnonzero(labelled)[3]), int(np.flatnonzero(~labelled)[0])]
+    write_selection(store, "mitotic", sel_rows, 11)
+    tg = TC.assemble_targets(store, RUN, selection="mitotic")
+    assert tg.n_selected == 2 and tg.n_selected_skipped == 1
+    expect = probs.copy()
+    expect[sel_rows[:2], 11] = 1.0
+    np.testing.assert_array_equal(tg.y[labelled], expect[labelled])
+    # train / validation cells follow their image's fold; unlabelled cells are in neither
+    train, val = TC.cell_fold_rows(store, 0, tg.has)
+    assert set(image_fold[train]) == {1, 2} and set(image_fold[val]) == {0}
+    assert len(train) + len(val) == labelled.sum()
+    with pytest.raises(HpaError, match="out of range"):
+        TC.cell_fold_rows(store, 3, tg.has)
+    with pytest.raises(StoreError, match="no pseudo-labels 'nope'"):
+        TC.assemble_targets(store, "nope")
+    with pytest.raises(StoreError, match="no selection"):
+        TC.assemble_targets(store, RUN, selection="other")
+    store.update_attrs("selections/mitotic", {"accepted": False})
+    with pytest.raises(HpaError, match="not accepted"):
+        TC.assemble_targets(store, RUN, selection="mitotic")
+
+
+def test_denoised_targets_need_the_denoise_stage(setup, monkeypatch):
+    store = setup[0]
+    import hpacli.store as store_pkg
+
+    monkeypatch.delattr(store_pkg, "denoise", raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "hpacli.store.denoise", None)
+    with pytest.raises(HpaError, match="targets soft"):
+        TC.assemble_targets(store, RUN, targets="denoised")
+    with pytest.raises(HpaError, match="soft, denoised"):
+        TC.assemble_targets(store, RUN, targets="hard")
+
+
+# ----------------------------------------------------------------------------- dataset
+def test_dataset_item_is_the_masked_tiled_padded_crop(setup):
+    store, labels, probs, labelled, _, _ = setup
+    from hpacli.store.cells import CellTable
+
+    cells = CellTable(store)
+    rows = np.flatnonzero(labelled)
+    ds = TC.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=False)
+    bbox, cid, image = cells.column("bbox"), cells.column("cell_id"), cells.column("image")
+    checked_alien = False
+    for k in range(len(rows)):
+        r = rows[k]
+        x, y = ds[(k, None)]
+        assert x.dtype == torch.uint8 and x.shape == (4, 64, 64)
+        np.testing.assert_array_equal(y.numpy(), probs[r])
+        # by hand: crop the original-size image, zero alien pixels, tile, pad (crops < 64: no resize)
+        img = int(image[r])
+        pix = store.images.read_image(img)
+        lab = C.resize_nearest(labels[f"i{img}"], (64, 64))
+        r0, c0, r1, c1 = bbox[r]
+        crop = pix[:, r0:r1, c0:c1].copy()
+        sub = lab[r0:r1, c0:c1]
+        alien = (sub != 0) & (sub != cid[r])
+        crop[:, alien] = 0
+        h, w = crop.shape[1:]
+        if h < w / 2:
+            crop = np.concatenate([crop, crop], 1)
+        elif w < h / 2:
+            crop = np.concatenate([crop, crop], 2)
+        H, W = crop.shape[1:]
+        want = np.zeros((4, 64, 64), np.uint8)
+        want[:, (64 - H) // 2 : (64 - H) // 2 + H, (64 - W) // 2 : (64 - W) // 2 + W] = crop
+        np.testing.assert_array_equal(x.numpy(), want)
+        checked_alien |= bool(alien.any())
+    assert checked_alien  # the hand-made cells' boxes overlap their neighbours
+    # training items: one of the 8 flips of the plain item, chosen by the item's seed alone
+    aug = TC.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=True)
+    plain = ds[(2, None)][0]
+    flips = {C.dihedral(plain, d).numpy().tobytes() for d in range(8)}
+    got = {aug[(2, s)][0].numpy().tobytes() for s in range(40)}
+    assert got <= flips and len(got) > 2
+    assert torch.equal(aug[(2, 7)][0], aug[(2, 7)][0])
+    # resize mode: 32 px output, bounded image LRU
+    small = TC.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1)
+    assert small[(0, None)][0].shape == (4, 32, 32)
+    for k in range(len(rows)):
+        small[(k, None)]
+    assert len(small._images) == 1 and small.loads == len(np.unique(image[rows]))
+
+
+def test_windowed_order_keeps_windows_of_images():
+    images = np.repeat(np.arange(10), [3, 1, 4, 2, 5, 3, 2, 1, 4, 2])
+    order = TC.windowed_order(images, 3, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(images)))
+    seen = images[order]
+    # consecutive windows hold 3 images each (the last fewer)
+    firsts = []
+    for img in seen:
+        if img not in firsts:
+            firsts.append(img)
+    windows = [set(firsts[i : i + 3]) for i in range(0, 10, 3)]
+    pos = 0
+    for win in windows:
+        n = int(np.isin(images, list(win)).sum())
+        assert set(seen[pos : pos + n]) == win
+        pos += n
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_bin_accuracy_counts_predictions_in_the_labels_bin():
+    t = np.array([[0.0, 0.5, 1.0, 0.32]])
+    assert TC.bin_accuracy(np.array([[0.049, 0.52, 0.96, 0.34]]), t) == 1.0
+    assert TC.bin_accuracy(np.array([[0.05, 0.49, 0.94, 0.31]]), t) == 0.25  # neighbouring bins miss
+    assert TC.bin_accuracy(np.array([[0.0, 0.5, 1.0, 0.30]]), t) == 1.0
+
+
+def test_cell_map_uses_the_evaluate_code(setup):
+    store, labels, probs, labelled, image_fold, _ = setup
+    truth = cell_truth(store, labels)
+    from hpacli.store.cells import CellTable
+
+    cells = CellTable(store)
+    tg = TC.assemble_targets(store, RUN)
+    _, val = TC.cell_fold_rows(store, 0, tg.has)
+    scorer = TC.CellMapScorer(store, val)
+    assert scorer.available
+    image, cid = cells.column("image"), cells.column("cell_id")
+    perfect = np.zeros((len(val), N_CLASSES), np.float32)
+    for k, r in enumerate(val):
+        perfect[k, truth[(int(image[r]), int(cid[r]))]] = 0.9
+    assert scorer(perfect) == pytest.approx(1.0)
+    wrong = 0.9 - perfect  # every true class scored below every false one
+    assert scorer(wrong) < 0.9
+    # no truth: no cell_map
+    metrics = TC.cell_metrics("soft-focal", None)(np.zeros((3, N_CLASSES), np.float32), np.full((3, N_CLASSES), 0.5, np.float32))
+    assert set(metrics) == {"val_loss", "bin_acc", "map"} and metrics["bin_acc"] == 1.0
+
+
+# ----------------------------------------------------------------------------- training
+def save_image_model(path, seed: int = 0):
+    from hpacli.models.timm_wrap import TimmClassifier
+    from hpacli.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = TimmClassifier("test_resnet")
+    save_checkpoint(path, {"model_config": model.config, "model": model.state_dict(),
+                           "train_config": {"extra": {"img_size": 32}}})
+    return path
+
+
+class Boom(Exception):
+    pass
+
+
+def _train(store, tmp, out, **kw):
+    init = tmp / "image.pt"
+    if not init.exists():
+        save_image_model(init)
+    args = dict(init_from=init, img_size=32, batch_size=4, accum=3, epochs=2, lr_mult=300.0, workers=0, device="cpu",
+                tensorboard=False, save_every=1, save_minutes=0, seed=3)
+    args.update(kw)
+    return TC.run_train_cell(store, 0, RUN, tmp / out, **args)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("kill_after", [4, 7])
+def test_killed_and_resumed_equals_uninterrupted(setup, kill_after):
+    store, _, _, _, _, tmp = setup
+    ref = _train(store, tmp, "ref")
+    assert ref["step"] > 2 and [h["epoch"] for h in ref["history"]] == [1, 2]
+    seen = {"n": 0}
+
+    def bomb(trainer):
+        seen["n"] += 1
+        if seen["n"] == kill_after:
+            raise Boom()
+
+    with pytest.raises(Boom):
+        _train(store, tmp, "run", callbacks=[bomb])
+    res = _train(store, tmp, "run", resume=True)
+    assert res["step"] == ref["step"]
+    a, b = _weights(tmp / "ref" / "last.pt"), _weights(tmp / "run" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = list(csv.DictReader(open(tmp / "run" / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(r["bin_acc"] and r["val_loss"] for r in rows)
+
+
+def test_cli_train_cell_smoke(setup, cli):
+    store, labels, _, labelled, _, tmp = setup
+    cell_truth(store, labels)
+    write_selection(store, "mitotic", [int(np.flatnonzero(labelled)[1])], 11)
+    init = save_image_model(tmp / "image.pt")
+    out = tmp / "runs" / "cell" / "fold0"
+    args = ["train-cell", "--store", store.path, "--fold", "0", "--labels", RUN, "--selection", "mitotic",
+            "--init-from", init, "--out", out, "--img-size", "32", "--batch-size", "4", "--accum", "2",
+            "--epochs", "1", "--workers", "1", "--device", "cpu", "--eval-at-start", "--quiet"]
+    res = cli(args)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(r["cell_map"] and r["bin_acc"] and r["val_loss"] for r in rows)
+    from hpacli.train.checkpoint import load_model
+
+    model, config = load_model(out / "best.pt")
+    assert config["backbone"] == "test_resnet"
+    assert TC.read_cell_input(out / "best.pt") == TC.cell_input_config(32, None, "resize")
+    ck = torch.load(out / "last.pt", weights_only=True)
+    extra = ck["train_config"]["extra"]
+    assert extra["selection"] == "mitotic" and extra["n_selected"] == 1 and extra["stage"] == "train-cell"
+    assert ck["train_config"]["loss"] == "soft-focal-symmetric-lovasz-hardlog"
+    assert ck["train_config"]["best_metric"] == "cell_map"
+    with torch.no_grad():
+        assert model(torch.rand(2, 4, 32, 32)).shape == (2, N_CLASSES)
+    # continue for one more epoch
+    res = cli([*args[:-1], "--epochs", "2", "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert [r["epoch"] for r in csv.DictReader(open(out / "log.csv"))] == ["0", "1", "2"]
+    # user errors: one line, exit 2
+    res = cli(args)
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = cli([*args[:6], "missing", *args[7:12], tmp / "x", *args[13:]])
+    assert res.exit_code == 2 and "no pseudo-labels 'missing'" in res.output
+    res = cli([*args, "--targets", "hard"])
+    assert res.exit_code == 2 and "--targets" in res.output
+    with pytest.raises(HpaError, match="not a cell-level model"):
+        TC.read_cell_input(init)
