@@ -36,17 +36,27 @@ def write_pseudolabels(store, run: str, probs: np.ndarray, labelled: np.ndarray)
         work.mark_done(b)
 
 
-def write_selection(store, name: str, rows, cls: int) -> None:
-    """A selection in the layout train-cell reads when hpacli.store has no selections module."""
+def write_denoised(store, run: str, y_opt: np.ndarray, rows: np.ndarray) -> None:
+    """Fake `hpa denoise` output for ``rows`` through the store module."""
+    from hpacli.store import denoise as D
     from hpacli.store.cells import CellTable
 
-    store.group("selections", create=True)
-    store.group(f"selections/{name}", create=True)
-    arr = store.create_array(f"selections/{name}/rows", (len(rows),), "int64", (1024,), encoding="cell-rows",
-                             overwrite=True)
-    arr[:] = np.asarray(rows, dtype=np.int64)
-    store.update_attrs(f"selections/{name}", {"class": int(cls), "accepted": True,
-                                              "cells_table_id": CellTable(store).table_id})
+    n = CellTable(store).n
+    D.prepare(store, run, n, 2, {"cells_table_id": CellTable(store).table_id, "denoiser": "fake", "params": {},
+                                 "cell_folds": "default"})
+    yo = np.concatenate([y_opt, 1 - y_opt.max(axis=1, keepdims=True)], axis=1)[rows]
+    D.write_fold(store, run, rows, 0, yo, yo, np.zeros((len(rows), 2), np.int64))
+
+
+def write_selection(store, name: str, rows, cls: int, accepted: bool = True) -> None:
+    """A reviewed selection as `hpa select-mitotic --accept` leaves it."""
+    from hpacli.store import denoise as D
+
+    if not store.has(f"denoise/{RUN}/y_opt"):
+        probs = PL.read_probs(store, RUN)
+        write_denoised(store, RUN, np.nan_to_num(probs), np.flatnonzero(PL.labelled_mask(store, RUN)))
+    D.write_selection(store, RUN, name, np.asarray(rows), np.zeros((len(rows), 3)),
+                      {"class": int(cls), "accepted": accepted})
 
 
 def cell_truth(store, labels: dict, seed: int = 0) -> dict:
@@ -138,19 +148,21 @@ def test_targets_from_store_pseudolabels_and_selection(setup):
         TC.assemble_targets(store, "nope")
     with pytest.raises(StoreError, match="no selection"):
         TC.assemble_targets(store, RUN, selection="other")
-    store.update_attrs("selections/mitotic", {"accepted": False})
+    write_selection(store, "mitotic", sel_rows, 11, accepted=False)
     with pytest.raises(HpaError, match="not accepted"):
         TC.assemble_targets(store, RUN, selection="mitotic")
 
 
-def test_denoised_targets_need_the_denoise_stage(setup, monkeypatch):
-    store = setup[0]
-    import hpacli.store as store_pkg
-
-    monkeypatch.delattr(store_pkg, "denoise", raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "hpacli.store.denoise", None)
-    with pytest.raises(HpaError, match="targets soft"):
+def test_denoised_targets_are_y_opt(setup):
+    store, _, probs, labelled, _, _ = setup
+    with pytest.raises(StoreError, match="hpa denoise"):
         TC.assemble_targets(store, RUN, targets="denoised")
+    rows = np.flatnonzero(labelled)[:-2]  # two labelled cells were not de-noised
+    y_opt = np.clip(probs * 0.5 + 0.1, 0, 1)
+    write_denoised(store, RUN, y_opt, rows)
+    tg = TC.assemble_targets(store, RUN, targets="denoised")
+    assert np.array_equal(np.flatnonzero(tg.has), rows)
+    np.testing.assert_allclose(tg.y[rows], y_opt[rows])
     with pytest.raises(HpaError, match="soft, denoised"):
         TC.assemble_targets(store, RUN, targets="hard")
 

@@ -7,7 +7,8 @@ Composition (the facts file, "Cell-level model"):
   image fold, never leak), and only cells that have a target.
 - **Targets** (:func:`assemble_targets`): the stored soft pseudo-labels of ``labels_run``
   (``targets="soft"``) or the de-noised ``Y_opt`` (``targets="denoised"``, first 19
-  columns); cells of an accepted ``selection`` get 1 for the selection's class.
+  columns); cells of an accepted ``selection`` get 1 for the selection's class (both
+  from :mod:`hpacli.store.denoise`, run ``denoise_run``, by default ``labels_run``).
 - **Input** (:class:`CellCropDataset`): the masked bbox crop (other cells zeroed), tiled
   2× along the short side when it is under half the long side, zero-padded to a centred
   square and resized to ``img_size`` (``fit="resize"``); or cut from the image resized to
@@ -48,81 +49,45 @@ STAGE = "train-cell"
 
 
 # ---------------------------------------------------------------------------- selections / Y_opt
-def read_selection(store, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cell rows int64, classes int64) of an accepted selection.
-
-    Uses ``hpacli.store.selections`` when this hpacli has it; otherwise reads the layout
-    ``selections/<name>/rows`` (int64 cell rows) with the class in the group attribute
-    ``class`` or an int8 array ``selections/<name>/classes`` (one per row). An optional
-    bool array ``accepted`` keeps only the reviewed-and-accepted rows; a group attribute
-    ``accepted`` = False means the selection has not been accepted yet.
-    """
-    try:
-        from ..store import selections as sel_mod  # type: ignore[attr-defined]
-    except ImportError:
-        sel_mod = None
-    reader = None
-    if sel_mod is not None:
-        for fn in ("read_accepted", "read_selection"):
-            reader = getattr(sel_mod, fn, None)
-            if reader is not None:
-                break
-    if reader is not None:
-        out = reader(store, name)
-        if isinstance(out, dict):
-            rows, classes = out.get("rows"), out.get("classes", out.get("class"))
-        elif isinstance(out, tuple) and len(out) == 2:
-            rows, classes = out
-        else:  # an object with attributes
-            rows = out.rows
-            classes = getattr(out, "classes", None)
-            if classes is None:
-                classes = out.cls if hasattr(out, "cls") else out.class_
-        rows = np.asarray(rows, dtype=np.int64)
-        classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), rows.shape).copy()
-        return rows, classes
-    key = f"selections/{name}"
-    if not store.has(f"{key}/rows"):
-        raise StoreError(f"the store {store.path} has no selection {name!r}; run `hpa select-mitotic` first")
-    attrs = store.attrs(key)
-    if attrs.get("accepted") is False:
-        raise HpaError(f"selection {name!r} is not accepted yet; review and accept it with `hpa select-mitotic`")
-    rows = np.asarray(store.array(f"{key}/rows")[:], dtype=np.int64)
-    if store.has(f"{key}/classes"):
-        classes = np.asarray(store.array(f"{key}/classes")[:], dtype=np.int64)
-    elif "class" in attrs:
-        classes = np.full(len(rows), int(attrs["class"]), dtype=np.int64)
-    else:
-        raise StoreError(f"selection {name!r} names no class (attribute 'class' or array 'classes')")
-    if store.has(f"{key}/accepted"):
-        keep = np.asarray(store.array(f"{key}/accepted")[:], dtype=bool)
-        rows, classes = rows[keep], classes[keep]
+def _check_denoise_current(store, run: str) -> dict:
+    from ..store import denoise as D
     from ..store.cells import CellTable
 
-    made_for = attrs.get("cells_table_id") or attrs.get("table_id")
+    info = D.info(store, run)
+    made_for = info.get("cells_table_id")
     if made_for is not None and made_for != CellTable(store).table_id:
-        raise StoreError(f"selection {name!r} belongs to an older cells table (segmentation was redone)")
-    return rows, classes
+        raise StoreError(
+            f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); "
+            f"run `hpa denoise --run {run} --overwrite`"
+        )
+    return info
+
+
+def read_selection(store, name: str, run: str) -> tuple[np.ndarray, np.ndarray]:
+    """(cell rows int64, classes int64) of the accepted selection ``name`` of the
+    de-noising run ``run`` (``hpa select-mitotic``; :mod:`hpacli.store.denoise`)."""
+    from ..store import denoise as D
+
+    _check_denoise_current(store, run)
+    rows, attrs = D.read_selection(store, run, name)
+    if not attrs.get("accepted"):
+        raise HpaError(
+            f"selection {name!r} of {run!r} is not accepted yet: review its CSV and import it with "
+            f"`hpa select-mitotic --run {run} --name {name} --accept REVIEWED.csv`"
+        )
+    if "class" not in attrs:
+        raise StoreError(f"selection {name!r} of {run!r} names no class")
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows, np.full(len(rows), int(attrs["class"]), dtype=np.int64)
 
 
 def read_denoised(store, run: str) -> np.ndarray:
-    """float ``[C, ≥19]`` Y_opt of the de-noising run ``run`` (rows aligned with the cells
-    table; NaN rows = not de-noised), through ``hpacli.store.denoise``."""
-    try:
-        from ..store import denoise as dn  # type: ignore[attr-defined]
-    except ImportError:
-        dn = None
-    reader = None
-    for fn in ("read_y_opt", "read_denoised", "read_yopt"):
-        reader = getattr(dn, fn, None) if dn is not None else None
-        if reader is not None:
-            break
-    if reader is None:
-        raise HpaError(
-            "--targets denoised needs the de-noising stage's results (hpacli.store.denoise), which this "
-            "hpacli lacks; train on --targets soft"
-        )
-    return np.asarray(reader(store, run), dtype=np.float32)
+    """float32 ``[C, 20]`` Y_opt of the de-noising run ``run`` (rows aligned with the cells
+    table; NaN rows = not de-noised)."""
+    from ..store import denoise as D
+
+    _check_denoise_current(store, run)
+    return np.asarray(D.read(store, run)["y_opt"], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------- targets
@@ -185,7 +150,7 @@ def assemble_targets(
         has = np.isfinite(base[:, :N_CLASSES]).all(axis=1) if base.ndim == 2 else np.zeros(0, bool)
     rows = classes = None
     if selection:
-        rows, classes = read_selection(store, selection)
+        rows, classes = read_selection(store, selection, denoise_run or labels_run)
     out = combine_targets(base, has, rows, classes)
     out.source = f"{targets} targets of {labels_run!r}" + (f" + selection {selection!r}" if selection else "")
     return out

@@ -20,13 +20,14 @@ def command(
     ] = "default",
     selection: Annotated[
         str | None,
-        typer.Option("--selection", help="Accepted selection (`hpa select-mitotic`): its cells get 1 for its class."),
+        typer.Option("--selection", help="Accepted selection (`hpa select-mitotic ... --accept`): its cells get 1 "
+                     "for its class."),
     ] = None,
     targets: Annotated[
         str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage.")
     ] = "soft",
     denoise_run: Annotated[
-        str | None, typer.Option("--denoise-run", help="De-noising run for --targets denoised (default: --labels).")
+        str | None, typer.Option("--denoise-run", help="De-noising run holding Y_opt and --selection (default: --labels).")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cell/fold<F>).")] = None,
     init_from: Annotated[
