@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("fold", "fold", DATA),
     ("negatives", "negatives", DATA),
     ("segment", "segment", INFERENCE),
+    ("predict", "predict", INFERENCE),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),

@@ -46,3 +46,12 @@ def _preprocessing(store):
 
 
 SUMMARY_SECTIONS.append(_preprocessing)
+
+
+def _predictions(store):
+    from .predictions import summary_section
+
+    return summary_section(store)
+
+
+SUMMARY_SECTIONS.append(_predictions)

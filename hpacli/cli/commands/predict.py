@@ -1,0 +1,122 @@
+"""hpa predict: per-cell probabilities from the cell models (ensemble, TTA, blend, negative rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import BatchOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+
+
+def command(
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models", "-m",
+            help="Cell-model checkpoints (hpa train-cell), averaged: a glob ('runs/cell/fold*/best.pt'), paths, "
+                 "or both (repeat the option or separate with commas).",
+        ),
+    ] = None,
+    store: StoreOpt = Path("hpa.zarr"),
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="First register this folder's images (flat {ID}_red.png... or a Kaggle root's "
+                                      "test/) as test images; the store is created when missing."),
+    ] = None,
+    image_model: Annotated[
+        Path | None, typer.Option("--image-model", help="An image-level model (hpa train-image) to blend in.")
+    ] = None,
+    blend: Annotated[
+        float, typer.Option("--blend", min=0.0, max=1.0, help="Weight of --image-model: p = (1-w) cells + w image.")
+    ] = 0.0,
+    tta: Annotated[
+        str, typer.Option("--tta", help="Test-time views, comma-separated: id, hflip, vflip, rot90, rot180, rot270, "
+                                        "transpose, antitranspose, zoomin, zoomout, shift.")
+    ] = "id,hflip,vflip,rot90",
+    negative: Annotated[
+        str, typer.Option("--negative", help="Negative class: max (1 - max of the others), independence "
+                                             "(prod of 1 - p), or model (the models' own output).")
+    ] = "max",
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the predictions in the store.")] = "default",
+    split: Annotated[str, typer.Option("--split", help="Images whose cells to predict: test, train or all.")] = "test",
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Also write the per-cell table (.csv, or .parquet with pyarrow).")
+    ] = None,
+    overlays: Annotated[int, typer.Option("--overlays", min=0, help="Write overlay PNGs with top labels for N images.")] = 0,
+    overlay_dir: Annotated[
+        Path | None, typer.Option("--overlay-dir", help="Folder for --overlays (default: next to the store).")
+    ] = None,
+    segmenter: Annotated[
+        str | None, typer.Option("--segmenter", help="For images not segmented yet (default: the store's segmenter, "
+                                                     "else classical).")
+    ] = None,
+    crop_size: Annotated[
+        int | None, typer.Option("--crop-size", min=8, help="Cell-model input side, for checkpoints that do not say.")
+    ] = None,
+    shard: ShardOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 16,
+    workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict every cell: segment new images, run the cell models with test-time views, store the probabilities.
+
+    Resumable; run `--shard i/n` in n processes (or on n GPUs) at once to split the work.
+    Then `hpa submit --out submission.csv` writes the Kaggle file.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.table import Table
+
+    from ...errors import InputError
+    from ...predict.stage import ingest_folder, run_predict
+    from ...progress import console, make_progress
+    from ...store import open_store, parse_shard
+
+    if not models and image_model is None:
+        raise InputError("no models given; pass --models 'runs/cell/fold*/best.pt' (and/or --image-model)")
+    sh = parse_shard(shard)
+    st = open_store(store, "a")
+    with make_progress(disable=quiet) as progress:
+        if images is not None:
+            report = ingest_folder(st, images, workers=max(1, workers), progress=progress)
+            if report.problems:
+                console.print(f"[yellow]skipped {len(report.problems)} image(s) of {images}[/] (see `hpa info`)")
+        summary = run_predict(
+            st, models or [], name=name, image_model=str(image_model) if image_model else None, blend=blend, tta=tta,
+            negative=negative, shard=sh, batch_size=batch_size, device=device, workers=workers, progress=progress,
+            split=split, segmenter=segmenter, crop_size=crop_size, overwrite=overwrite,
+        )
+    table = Table(title=f"predictions {name!r}", show_header=False)
+    if summary.images_segmented:
+        table.add_row("images segmented now", f"{summary.images_segmented:,}")
+    table.add_row("cells predicted now", f"{summary.cells_predicted:,}")
+    if summary.cells_carried:
+        table.add_row("cells kept from before", f"{summary.cells_carried:,}")
+    table.add_row(f"cells of the {split} images", f"{summary.cells_selected:,} of {summary.cells_total:,}")
+    table.add_row("blocks done now", f"{summary.blocks_done} of {summary.blocks_total}")
+    table.add_row("device", summary.device)
+    table.add_row("status", "[green]complete[/]" if summary.complete else "[yellow]other shards still to run[/]")
+    console.print(table)
+    if summary.problems:
+        console.print(f"[yellow]skipped {summary.cells_skipped} cell(s) of {len(summary.problems)} unreadable image(s):[/]")
+        for p in summary.problems[:10]:
+            console.print(f"  {p}", highlight=False)
+    if not summary.complete and (export or overlays):
+        console.print("[yellow]exports skipped until every shard is done[/]")
+        return
+    if export is not None:
+        from ...predict.export import export_table
+
+        n = export_table(st, export, predictions=name)
+        console.print(f"[green]wrote[/] {export}: {n:,} cell(s)", highlight=False)
+    if overlays:
+        from ...predict.export import write_overlays
+
+        folder = overlay_dir or st.path.parent / f"{st.path.name}-predict-overlays"
+        paths = write_overlays(st, folder, predictions=name, n=overlays)
+        console.print(f"[green]wrote[/] {len(paths)} overlay PNG(s) to {folder}", highlight=False)

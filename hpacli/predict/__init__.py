@@ -1,0 +1,1 @@
+"""Cell-level prediction (``hpa predict``): ensemble, test-time views, negative rule, exports."""

@@ -1,0 +1,449 @@
+"""``hpa predict``: probabilities for every cell of the chosen images.
+
+Each cell is predicted alone (its masked bbox crop, other cells zeroed: ``hpacli.data.crops``)
+by the cell-level models (mean over the models, e.g. the folds), each averaged over the
+test-time views (:mod:`hpacli.predict.tta`); optionally blended with an image-level model
+applied to the same masked crop (tile-filled at its input scale, as in pseudo-labelling):
+``p = (1 - blend) * p_cells + blend * p_image``. The Negative column is then set by the
+rule ``negative``: ``max`` 1 - max over the other 18 classes (the solution's choice),
+``independence`` prod(1 - p_c), ``model`` the models' own output.
+
+Images not segmented yet are segmented first (``hpa segment``'s stage, with the store's
+segmenter). Work goes in blocks of cells (BlockWork): ``--shard i/n`` takes every n-th
+block, a killed run redoes only unfinished blocks. When the cells table changes (new
+images), cells predicted before are carried over, not predicted again. Results:
+``predictions/<name>`` (:mod:`hpacli.store.predictions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import N_CLASSES, NEGATIVE
+from ..data.crops import CellBatches, CellInput, CropUnit, TileFill, make_loader
+from ..errors import HpaError, InputError
+from ..label.pseudolabel import CPU_MICRO_BATCH, expand_model_paths, resolve_device
+from ..progress import NullProgress, add_task
+from ..store import Shard, begin_stage
+from ..store import predictions as P
+from ..store.work import BlockWork
+from .tta import DEFAULT_TTA, apply_view, check_tta
+
+NEGATIVE_RULES = ("max", "independence", "model")
+SPLITS = ("test", "train", "all")
+MAX_PROBLEMS = 1000
+
+
+@dataclass
+class ModelSpec:
+    """One loaded model and the input it takes."""
+
+    path: str
+    kind: str  # "cell" or "image"
+    size: int  # model input side
+    work_size: int | None  # resolution the crop is cut at (None: original)
+    fit: str  # cell models: "resize" | "pad"; image models: "tile"
+    model: object = None
+
+    @property
+    def input_key(self) -> tuple:
+        return (self.kind, self.size, self.work_size, self.fit)
+
+    def record(self) -> dict:
+        import os
+
+        st = os.stat(self.path)
+        return {"path": self.path, "kind": self.kind, "size": self.size, "work_size": self.work_size,
+                "fit": self.fit, "bytes": int(st.st_size), "mtime": int(st.st_mtime)}
+
+
+@dataclass
+class PredictSummary:
+    name: str
+    cells_total: int = 0
+    cells_selected: int = 0  # cells of the chosen images
+    cells_predicted: int = 0  # by this call
+    cells_carried: int = 0  # kept from before a cells-table change
+    cells_skipped: int = 0  # cells of unreadable images
+    blocks_done: int = 0
+    blocks_total: int = 0
+    complete: bool = False
+    images_segmented: int = 0
+    problems: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def _train_meta(path: str) -> dict:
+    """The checkpoint's training settings (``train_config.extra`` over ``train_config``)."""
+    from ..train.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(path)
+    obj = obj if isinstance(obj, dict) else {}
+    meta: dict = {}
+    tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
+    for sub in (obj.get("config"), tc, tc.get("extra")):
+        if isinstance(sub, dict):
+            meta.update({k: v for k, v in sub.items() if v is not None and not isinstance(v, dict)})
+    return meta
+
+
+def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
+    """A cell-level model (``hpa train-cell``): its input side is the checkpoint's
+    ``crop_size`` (or ``img_size``), crops are cut at its ``work_size`` (default: the
+    original resolution) and fitted with its ``fit`` (default ``resize``)."""
+    from ..train.checkpoint import load_model
+
+    meta = _train_meta(path)
+    if meta.get("stage") == "train-image":
+        raise InputError(f"{path} is an image-level model (hpa train-image); pass it with --image-model")
+    size = crop_size or meta.get("crop_size") or meta.get("cell_size") or meta.get("img_size")
+    if not size:
+        raise InputError(f"{path}: the checkpoint does not record its crop size; pass --crop-size")
+    fit = str(meta.get("fit") or "resize")
+    if fit not in ("resize", "pad"):
+        raise InputError(f"{path}: unknown crop fit {fit!r} in the checkpoint")
+    work = meta.get("work_size")
+    model, _ = load_model(path, device="cpu")
+    return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, model)
+
+
+def load_image_model(path: str) -> ModelSpec:
+    """An image-level model (``hpa train-image``) applied to cells: the crop at its input
+    scale, tile-filled to its input square (as ``hpa pseudolabel`` does)."""
+    from ..train.checkpoint import load_model
+
+    meta = _train_meta(path)
+    size = meta.get("img_size")
+    if not size:
+        raise InputError(f"{path}: the checkpoint does not record its image size; pass one written by `hpa train-image`")
+    model, _ = load_model(path, device="cpu")
+    return ModelSpec(str(Path(path).resolve()), "image", int(size), int(size), "tile", model)
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def tta_probs(model, x, views, micro_batch: int):
+    """Sigmoid of ``model`` averaged over ``views`` for float ``x`` [B, 4, S, S] (0..1)."""
+    import torch
+
+    out = torch.zeros((len(x), N_CLASSES), device=x.device)
+    for v in views:
+        xv = apply_view(x, v).contiguous()
+        for a in range(0, len(x), micro_batch):
+            out[a:a + micro_batch] += torch.sigmoid(model(xv[a:a + micro_batch]).float())
+    return out / float(len(views))
+
+
+def apply_negative(probs: np.ndarray, rule: str = "max") -> np.ndarray:
+    """Set the Negative column: ``max`` 1 - max of the other classes, ``independence``
+    prod(1 - p_c) over them, ``model`` unchanged. Returns a new array."""
+    if rule not in NEGATIVE_RULES:
+        raise HpaError(f"--negative must be one of {', '.join(NEGATIVE_RULES)}, not {rule!r}")
+    out = np.array(probs, dtype=np.float32, copy=True)
+    if rule == "model" or len(out) == 0:
+        return out
+    others = np.delete(out, NEGATIVE, axis=1)
+    if rule == "max":
+        out[:, NEGATIVE] = 1.0 - others.max(axis=1)
+    else:
+        out[:, NEGATIVE] = np.prod(1.0 - others.astype(np.float64), axis=1)
+    return out
+
+
+class _MixedBatches(CellBatches):
+    """CellBatches whose transform depends on the unit (``tag[1]`` = the input key)."""
+
+    def __init__(self, store_path, units, transforms: dict, batch_size: int) -> None:
+        super().__init__(store_path, units, TileFill(), batch_size)
+        self.transforms = transforms
+
+    def iter_unit(self, k, rng):
+        self.transform = self.transforms[self.units[k].tag[1]]
+        yield from super().iter_unit(k, rng)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------------------- segmentation
+
+
+def ensure_segmented(store, segmenter: str | None = None, segmenter_kw: dict | None = None,
+                     shard: Shard = Shard(), device: str = "auto", progress=None) -> int:
+    """Segment the images that are not segmented yet (the ``segment`` stage, with the
+    segmenter the store was segmented with unless ``segmenter`` says otherwise); returns
+    the number of images segmented. Raises when the cells table is not complete after
+    (other shards still segmenting)."""
+    from ..segment.stage import run_segment
+    from ..store import segmentation as seg
+
+    n = store.images.n
+    if n == 0:
+        raise InputError(f"the store {store.path} has no images; pass --images DIR or run `hpa ingest` first")
+    counts = seg.n_cells(store)
+
+    def table_ok() -> bool:
+        return store.has("cells/offsets") and int(store.attrs("cells").get("n_images", -1)) == n
+
+    if not (counts == seg.NOT_DONE).any() and table_ok():
+        return 0
+    old = (store.attrs(seg.GROUP).get("provenance") or {}).get("params") or {}
+    kw = dict(segmenter_kw or {})
+    name = segmenter or old.get("segmenter") or "classical"
+    if segmenter is None and not kw:
+        kw = {k: v for k, v in old.items() if k not in ("segmenter", "mask_scale", "block_size")}
+    kw.setdefault("mask_scale", old.get("mask_scale"))
+    out = run_segment(store, segmenter=name, shard=shard, device=device, progress=progress, **kw)
+    if not table_ok() or (seg.n_cells(store) == seg.NOT_DONE).any():
+        raise HpaError(
+            "segmentation of the new images is not complete yet (other shards are still segmenting); "
+            "run `hpa segment` to finish it, then `hpa predict` again"
+        )
+    return int(out.get("processed", 0))
+
+
+def folder_candidates(folder) -> list:
+    """Test-image candidates of a folder: a Kaggle root (its test images) or a flat folder
+    of ``{ID}_{red,green,blue,yellow}.png``."""
+    from ..data.ingest import Candidate, kaggle_candidates
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--images {folder}: not a folder")
+    if (folder / "test").is_dir() or (folder / "sample_submission.csv").exists():
+        return [c for c in kaggle_candidates(folder, include_test=True) if c.split == "test"]
+    ids = sorted(p.name[: -len("_red.png")] for p in folder.glob("*_red.png"))
+    if not ids:
+        raise InputError(f"--images {folder}: no {{ID}}_red.png (with green, blue, yellow) images found")
+    return [Candidate(i, folder, "test", "test", None) for i in ids]
+
+
+def ingest_folder(store, folder, workers: int = 2, progress=None):
+    """Register a folder's images as test images (``hpa ingest``'s stage; images already
+    in the store are left alone). Returns the ingest report."""
+    from ..data.ingest import run_ingest
+
+    cands = folder_candidates(folder)
+    return run_ingest(store, cands, data_root=Path(folder), workers=workers, progress=progress,
+                      params={"root": str(Path(folder).resolve()), "layout": "predict --images"})
+
+
+def select_images(store, split: str) -> np.ndarray:
+    """bool ``[N]``: images whose cells are predicted."""
+    if split not in SPLITS:
+        raise HpaError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    df = store.images.df()
+    if split == "all":
+        return np.ones(len(df), dtype=bool)
+    sel = (df["split"].to_numpy().astype(str) == split)
+    if not sel.any():
+        raise HpaError(f"the store has no {split} images; pass --split all (or --images DIR with test images)")
+    return sel
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def run_predict(
+    store,
+    models=(),
+    name: str = "default",
+    image_model: str | None = None,
+    blend: float = 0.0,
+    tta=DEFAULT_TTA,
+    negative: str = "max",
+    shard: Shard = Shard(),
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 2,
+    progress=None,
+    *,
+    split: str = "test",
+    segmenter: str | None = None,
+    segmenter_kw: dict | None = None,
+    crop_size: int | None = None,
+    block: int = P.BLOCK,
+    overwrite: bool = False,
+) -> PredictSummary:
+    """Predict every cell of the ``split`` images; see the module doc."""
+    import torch
+
+    from ..store.cells import CellTable
+
+    store.require_writable()
+    views = check_tta(tta)
+    if negative not in NEGATIVE_RULES:
+        raise HpaError(f"--negative must be one of {', '.join(NEGATIVE_RULES)}, not {negative!r}")
+    if batch_size < 1:
+        raise HpaError("--batch-size must be at least 1")
+    if not 0.0 <= float(blend) <= 1.0:
+        raise HpaError("--blend must be between 0 and 1")
+    P.name_key(name)
+    paths = expand_model_paths(models) if models else []
+    if not paths and image_model is None:
+        raise InputError("no models given; pass --models 'runs/cell/fold*/best.pt' (and/or --image-model)")
+    if image_model is not None and paths and blend <= 0:
+        raise HpaError("--image-model needs --blend > 0 (the image model's weight)")
+    if image_model is None and blend > 0:
+        raise HpaError("--blend needs --image-model")
+    specs = [load_cell_model(p, crop_size) for p in paths]
+    image_spec = load_image_model(str(image_model)) if image_model is not None else None
+    w_image = 1.0 if not specs else (float(blend) if image_spec else 0.0)
+    dev = resolve_device(device)
+    amp = dev.type == "cuda"
+
+    summary = PredictSummary(name=name, device=str(dev))
+    summary.images_segmented = ensure_segmented(store, segmenter, segmenter_kw, shard, device, progress)
+
+    cells = CellTable(store)
+    n_cells = cells.n
+    cell_image = cells.column("image")
+    cell_id = cells.column("cell_id")
+    cell_bbox = cells.column("bbox")
+    selected = select_images(store, split)[cell_image] if n_cells else np.zeros(0, dtype=bool)
+    all_specs = specs + ([image_spec] if image_spec else [])
+    settings = {
+        "models": [s.record() for s in specs],
+        "image_model": image_spec.record() if image_spec else None,
+        "blend": w_image, "views": list(views), "negative": negative, "split": split,
+    }
+    key, carried = P.prepare(store, name, n_cells, settings, block=block, overwrite=overwrite)
+    params = {**settings, "batch_size": batch_size, "shard": str(shard)}
+    stage = begin_stage(store, key, "predict", params)
+    work = BlockWork(store, key, n_cells, block)
+    todo = work.todo(shard)
+    summary.cells_total = n_cells
+    summary.cells_selected = int(selected.sum())
+    summary.blocks_total = work.n_blocks
+
+    def carried_probs(r: int):
+        return carried.get((int(cell_image[r]), int(cell_id[r]), *map(int, cell_bbox[r]))) if carried else None
+
+    groups: dict[tuple, list[ModelSpec]] = {}
+    for s in all_specs:
+        groups.setdefault(s.input_key, []).append(s)
+    transforms = {k: (TileFill() if k[0] == "image" else CellInput(fit=k[3])) for k in groups}
+
+    units: list[CropUnit] = []
+    left: dict[int, int] = {}
+    base: dict[int, np.ndarray] = {}  # block -> probs of carried/unselected rows
+    need: dict[int, np.ndarray] = {}  # block -> rows to predict
+    for b in todo:
+        probs = np.full((len(b), N_CLASSES), np.nan, np.float32)
+        rows = []
+        for r in range(b.start, b.stop):
+            if not selected[r]:
+                continue
+            old = carried_probs(r)
+            if old is not None:
+                probs[r - b.start] = old
+                summary.cells_carried += 1
+            else:
+                rows.append(r)
+        if not rows:
+            P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
+                          cell_bbox[b.start:b.stop])
+            work.mark_done(b)
+            summary.blocks_done += 1
+            continue
+        base[b.index] = probs
+        need[b.index] = np.asarray(rows, dtype=np.int64)
+        left[b.index] = len(groups)
+        for k, grp in groups.items():
+            units.append(CropUnit(need[b.index], work_size=grp[0].work_size, out_size=grp[0].size, tag=(b, k)))
+
+    progress = progress or NullProgress()
+    n_todo = sum(len(r) for r in need.values())
+    task = add_task(progress, f"predict {name}", n_todo, unit="cell",
+                    info=f"{len(specs)} cell model(s){' + image model' if image_spec else ''}, "
+                         f"{len(views)} view(s), {dev}")
+    for s in all_specs:
+        s.model.to(dev).eval()
+    micro = CPU_MICRO_BATCH if dev.type == "cpu" else batch_size
+    pending: dict[int, dict] = {}
+    try:
+        if units:
+            ds = _MixedBatches(store.path, units, transforms, batch_size)
+            loader = make_loader(ds, workers=min(workers, len(units)), pin_memory=dev.type == "cuda")
+            ctx = torch.autocast(device_type=dev.type, dtype=torch.float16) if amp else _null()
+            for batch in loader:
+                b, k = units[batch["unit"]].tag
+                buf = pending.get(b.index)
+                if buf is None:
+                    buf = pending[b.index] = {
+                        "cell": np.zeros((len(b), N_CLASSES), np.float64),
+                        "image": np.zeros((len(b), N_CLASSES), np.float64),
+                        "skipped": np.zeros(len(b), dtype=bool),
+                    }
+                skipped = batch.get("skipped")
+                if skipped is not None and len(skipped):
+                    s_rows = skipped.numpy()
+                    if not buf["skipped"][s_rows - b.start].any():
+                        summary.cells_skipped += len(s_rows)
+                        progress.advance(task, len(s_rows))
+                    buf["skipped"][s_rows - b.start] = True
+                for problem in batch.get("problems") or []:
+                    if len(summary.problems) < MAX_PROBLEMS and problem not in summary.problems:
+                        summary.problems.append(problem)
+                rows = batch["rows"].numpy()
+                if len(rows):
+                    x = batch["x"].to(dev, non_blocking=True).float().div_(255.0)
+                    with torch.inference_mode(), ctx:
+                        for spec in groups[k]:
+                            p = tta_probs(spec.model, x, views, micro).cpu().numpy()
+                            buf[spec.kind][rows - b.start] += p
+                    if k == next(iter(groups)):  # count each cell once (first input group)
+                        progress.advance(task, len(rows))
+                        summary.cells_predicted += len(rows)
+                if batch["end"]:
+                    left[b.index] -= 1
+                    if left[b.index] == 0:
+                        _finish_block(store, name, work, b, buf, base.pop(b.index), need.pop(b.index),
+                                      len(specs), w_image, negative, cell_image, cell_id, cell_bbox)
+                        summary.blocks_done += 1
+                        del pending[b.index]
+    except BaseException:
+        stage.finish("failed", **summary.as_dict())
+        raise
+    finally:
+        for s in all_specs:
+            s.model.to("cpu")
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    summary.complete = work.all_done()
+    stage.finish("done" if summary.complete else "running", **summary.as_dict())
+    return summary
+
+
+def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image, negative,
+                  cell_image, cell_id, cell_bbox) -> None:
+    local = rows - b.start
+    ok = local[~buf["skipped"][local]]
+    p = np.zeros((len(ok), N_CLASSES), np.float64)
+    if n_cell_models:
+        p += (1.0 - w_image) * buf["cell"][ok] / n_cell_models
+    if w_image > 0:
+        p += w_image * buf["image"][ok]
+    probs[ok] = apply_negative(p.astype(np.float32), negative)
+    P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
+                  cell_bbox[b.start:b.stop])
+    work.mark_done(b)
+
+
+__all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "ensure_segmented", "ingest_folder",
+           "load_cell_model", "load_image_model", "run_predict", "tta_probs"]
