@@ -23,6 +23,13 @@ CROP = 32
 BLOCK = 8
 
 
+def cell_extra(size=CROP, work_size=None, fit="resize"):
+    """What `hpa train-cell` records about its crops."""
+    from hpacli.train.cell import STAGE, cell_input_config
+
+    return {"stage": STAGE, "img_size": size, "cell_input": cell_input_config(size, work_size, fit)}
+
+
 def save_model(path, extra, seed):
     from hpacli.models.timm_wrap import TimmClassifier
     from hpacli.train.checkpoint import save_checkpoint
@@ -37,7 +44,7 @@ def save_model(path, extra, seed):
 def setup(tmp_path):
     store, root = make_truth_store(tmp_path, n_train=1, n_test=3)
     for f in range(2):
-        save_model(tmp_path / "runs" / f"fold{f}" / "best.pt", {"stage": "train-cell", "crop_size": CROP, "fold": f}, f)
+        save_model(tmp_path / "runs" / f"fold{f}" / "best.pt", {**cell_extra(), "fold": f}, f)
     image = save_model(tmp_path / "image.pt", {"stage": "train-image", "img_size": CROP, "fold": 0}, 7)
     return store, root, str(tmp_path / "runs" / "fold*" / "best.pt"), str(image), tmp_path
 
@@ -92,6 +99,34 @@ def test_ensemble_views_and_blend_match_a_hand_computation(setup):
     row = int(np.flatnonzero(sel)[0])
     np.testing.assert_allclose(P.read_probs(store, "img")[row], _reference(store, paths, image, row, views, 1.0)[2],
                                atol=1e-5)
+
+
+def test_crop_geometry_comes_from_the_checkpoint(setup):
+    from hpacli.predict.stage import load_cell_model
+    from hpacli.train.checkpoint import load_model
+
+    store, _, _, image, tmp = setup
+    path = save_model(tmp / "pad.pt", cell_extra(CROP, 48, "pad"), 11)
+    spec = load_cell_model(str(path))
+    assert (spec.size, spec.work_size, spec.fit) == (CROP, 48, "pad")
+    with pytest.raises(Exception, match="image-level model"):
+        load_cell_model(image)
+    bare = save_model(tmp / "bare.pt", {}, 12)
+    with pytest.raises(Exception, match="--crop-size"):
+        load_cell_model(str(bare))
+    assert load_cell_model(str(bare), crop_size=24).size == 24
+    _predict(store, [str(path)], tta=("id",), negative="model", name="pad")
+    cells = CellTable(store)
+    row = int(np.flatnonzero(np.isfinite(P.read_probs(store, "pad")).all(1))[0])
+    img = int(cells.column("image")[row])
+    pix = C._resize(store.images.read_image(img), (48, 48))
+    lab = C.resize_nearest(C.read_cell_labels(store, img), (48, 48))
+    box = C.scale_bbox(cells.column("bbox")[row], (64, 64), (48, 48))
+    x = torch.from_numpy(C.cell_model_input(C.masked_crop(pix, lab, int(cells.column("cell_id")[row]), box), CROP,
+                                            fit="pad"))[None].float() / 255
+    with torch.inference_mode():
+        want = torch.sigmoid(load_model(path)[0](x))[0].numpy()
+    np.testing.assert_allclose(P.read_probs(store, "pad")[row], want, atol=1e-5)
 
 
 def test_negative_rules(setup):
@@ -188,7 +223,7 @@ def test_new_images_keep_earlier_predictions(tmp_path):
     from hpacli.data.synth import SynthConfig, run_synth
 
     store, root = make_truth_store(tmp_path, n_train=1, n_test=2)
-    models = str(save_model(tmp_path / "cell.pt", {"stage": "train-cell", "crop_size": CROP}, 3))
+    models = str(save_model(tmp_path / "cell.pt", cell_extra(), 3))
     _predict(store, models)
     before = prediction_frame(store)
     # a second folder of images arrives; its images get segmented, the first ones' cells are kept
@@ -246,7 +281,7 @@ def test_cli_from_a_folder_of_images_to_a_checked_submission(tmp_path, cli):
 
     data = tmp_path / "data"
     run_synth(data, SynthConfig(n_images=1, size=96, test_images=2, seed=2), force=True)
-    model = save_model(tmp_path / "cell.pt", {"stage": "train-cell", "crop_size": CROP}, 1)
+    model = save_model(tmp_path / "cell.pt", cell_extra(), 1)
     store = tmp_path / "new.zarr"
     res = cli(["predict", "--store", store, "--images", data / "test", "--models", model, "--tta", "id,vflip",
                "--export", tmp_path / "cells.csv", "--overlays", "1", "--overlay-dir", tmp_path / "ov",

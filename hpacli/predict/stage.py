@@ -92,26 +92,28 @@ def _train_meta(path: str) -> dict:
     tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
     for sub in (obj.get("config"), tc, tc.get("extra")):
         if isinstance(sub, dict):
-            meta.update({k: v for k, v in sub.items() if v is not None and not isinstance(v, dict)})
+            meta.update({k: v for k, v in sub.items() if v is not None})
     return meta
 
 
 def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
-    """A cell-level model (``hpa train-cell``): its input side is the checkpoint's
-    ``crop_size`` (or ``img_size``), crops are cut at its ``work_size`` (default: the
-    original resolution) and fitted with its ``fit`` (default ``resize``)."""
+    """A cell-level model (``hpa train-cell``) with the crop geometry it was trained with
+    (``train_config.extra.cell_input``: ``size``, ``work_size`` — None for the original
+    resolution — and ``fit``); ``crop_size`` overrides the size (for checkpoints that do
+    not record it)."""
     from ..train.checkpoint import load_model
 
     meta = _train_meta(path)
     if meta.get("stage") == "train-image":
         raise InputError(f"{path} is an image-level model (hpa train-image); pass it with --image-model")
-    size = crop_size or meta.get("crop_size") or meta.get("cell_size") or meta.get("img_size")
+    geo = meta.get("cell_input") if isinstance(meta.get("cell_input"), dict) else {}
+    size = crop_size or geo.get("size") or meta.get("crop_size") or meta.get("img_size")
     if not size:
         raise InputError(f"{path}: the checkpoint does not record its crop size; pass --crop-size")
-    fit = str(meta.get("fit") or "resize")
+    fit = str(geo.get("fit") or meta.get("fit") or "resize")
     if fit not in ("resize", "pad"):
         raise InputError(f"{path}: unknown crop fit {fit!r} in the checkpoint")
-    work = meta.get("work_size")
+    work = geo.get("work_size", meta.get("work_size"))
     model, _ = load_model(path, device="cpu")
     return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, model)
 
