@@ -228,7 +228,12 @@ def main(argv=None) -> int:
             ex, ex_sol, ex_graph, *_ = run_fast(emb, y_init, args, "exact")
             eq = quality(y_init, ex_sol.y, ex_graph.indices, miss)
             overlap = np.mean([len(np.intersect1d(ex_graph.indices[i], graph.indices[i])) for i in range(0, n, 7)])
+            d = np.abs(ex_sol.y - sol.y)
+            top_fast = select_top(y_init, sol.y, len(miss), RARE)
+            top_exact = select_top(y_init, ex_sol.y, len(miss), RARE)
             res["exact_graph"] = {"total_s": ex["total_s"], "knn_s": ex["phases"]["knn"][0], "quality": eq,
+                                  "frac_cells_dy_gt_0.05": float((d.max(axis=1) > 0.05).mean()),
+                                  "top_overlap": len(np.intersect1d(top_fast, top_exact)) / max(len(top_exact), 1),
                                   "y_opt_maxdiff": float(np.abs(ex_sol.y - sol.y).max()),
                                   "y_opt_meandiff": float(np.abs(ex_sol.y - sol.y).mean()),
                                   "objective": ex_sol.objective}
@@ -236,6 +241,8 @@ def main(argv=None) -> int:
                   f"effect of the approximate graph on Y_opt: |ΔY_opt| max {res['exact_graph']['y_opt_maxdiff']:.3g} "
                   f"mean {res['exact_graph']['y_opt_meandiff']:.3g}; objective {ex_sol.objective:.6g} vs "
                   f"{sol.objective:.6g}")
+            print(f"  cells with any |ΔY_opt| > 0.05: {100 * res['exact_graph']['frac_cells_dy_gt_0.05']:.2f}%; "
+                  f"top-K selections shared: {100 * res['exact_graph']['top_overlap']:.1f}%")
             print(f"  quality (exact graph): {json.dumps(eq)}")
             del ex_sol, ex_graph
         if n <= 20000 and not args.no_reference:
@@ -255,6 +262,10 @@ def main(argv=None) -> int:
             print(f"  reference (exact numpy kNN + dense eigh + ADMM×1000): {m.seconds:.1f}s "
                   f"{ {k: round(s, 1) for k, s in ref.seconds.items()} } +{fmt_mem(m.delta)}; "
                   f"ratio reference/fast = {m.seconds / res['total_s']:.1f}x")
+            if "exact_graph" in res:
+                eo = res["exact_graph"]["objective"]
+                print(f"  reference vs exact faiss graph + closed-form solver: objective rel. diff "
+                      f"{abs(eo - ref.objective) / abs(ref.objective):.2e}")
             print(f"  reference vs fast: kNN overlap {overlap:.4f}; objective {ref.objective:.6g} vs {sol.objective:.6g}; "
                   f"|ΔY_opt| max {res['reference']['y_opt_maxdiff']:.3g} mean {res['reference']['y_opt_meandiff']:.3g}")
             print(f"  quality (faithful graph): {json.dumps(rq)}")
