@@ -344,3 +344,9 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--accept",
                                       str(tmp_path / "mitotic_r.csv")])
     assert res.exit_code == 0 and "accepted 5" in res.output
+    from hpacli.store.summary import summarize
+
+    tables = summarize(st)["tables"]
+    rows = tables["de-noised labels"]
+    assert rows[0]["fold"] == "0" and rows[0]["cells"] == 300
+    assert any(r["fold"] == "selection mitotic" and r["iterations"] == "accepted" for r in rows)

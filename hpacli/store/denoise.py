@@ -113,3 +113,26 @@ def read_selection(store, run: str, name: str = "mitotic") -> tuple[np.ndarray, 
     if not store.has(f"{key}/cells"):
         raise StoreError(f"no selection {name!r} for {run!r}; run `hpa select-mitotic --run {run}`")
     return np.asarray(store.array(f"{key}/cells")[:]), dict(store.attrs(key))
+
+
+def summary_section(store):
+    """``hpa info``: per run and fold, cells de-noised, iterations, kNN recall; selections."""
+    folder = store.path / GROUP
+    if not folder.is_dir():
+        return None
+    rows = []
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "y_opt" / "zarr.json").exists()):
+        attrs = store.attrs(f"{GROUP}/{run_dir.name}")
+        for f, d in sorted((attrs.get("folds") or {}).items()):
+            rows.append({"run": run_dir.name, "fold": f, "cells": d.get("cells", "-"),
+                         "iterations": d.get("n_iter", "-"), "kNN": d.get("knn", "-"),
+                         "recall@k": d.get("recall_at_k", "-"), "seconds": d.get("seconds_total", "-")})
+        sel_dir = run_dir / "selections"
+        if sel_dir.is_dir():
+            for s in sorted(p.name for p in sel_dir.iterdir() if (p / "cells" / "zarr.json").exists()):
+                sa = store.attrs(f"{GROUP}/{run_dir.name}/selections/{s}")
+                n = int(store.array(f"{GROUP}/{run_dir.name}/selections/{s}/cells").shape[0])
+                rows.append({"run": run_dir.name, "fold": f"selection {s}", "cells": n,
+                             "iterations": "accepted" if sa.get("accepted") else "to review", "kNN": "-",
+                             "recall@k": "-", "seconds": "-"})
+    return ("de-noised labels", rows) if rows else None

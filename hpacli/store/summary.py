@@ -55,3 +55,12 @@ def _predictions(store):
 
 
 SUMMARY_SECTIONS.append(_predictions)
+
+
+def _denoise_summary(store):
+    from .denoise import summary_section
+
+    return summary_section(store)
+
+
+SUMMARY_SECTIONS.append(_denoise_summary)
