@@ -295,10 +295,11 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("kill_after", [4, 7])
-def test_killed_and_resumed_equals_uninterrupted(setup, kill_after):
+@pytest.mark.parametrize("kill_after,image_window,workers", [(4, 0, 0), (7, 2, 1)])
+def test_killed_and_resumed_equals_uninterrupted(setup, kill_after, image_window, workers):
     store, _, _, _, _, tmp = setup
-    ref = _train(store, tmp, "ref")
+    kw = {"image_window": image_window, "workers": workers}
+    ref = _train(store, tmp, "ref", **kw)
     assert ref["step"] > 2 and [h["epoch"] for h in ref["history"]] == [1, 2]
     seen = {"n": 0}
 
@@ -308,8 +309,8 @@ def test_killed_and_resumed_equals_uninterrupted(setup, kill_after):
             raise Boom()
 
     with pytest.raises(Boom):
-        _train(store, tmp, "run", callbacks=[bomb])
-    res = _train(store, tmp, "run", resume=True)
+        _train(store, tmp, "run", callbacks=[bomb], **kw)
+    res = _train(store, tmp, "run", resume=True, **kw)
     assert res["step"] == ref["step"]
     a, b = _weights(tmp / "ref" / "last.pt"), _weights(tmp / "run" / "last.pt")
     for k in a:
