@@ -257,6 +257,10 @@ def test_exports(setup):
     assert (df["top_label"] == [CLASS_NAMES[c] for c in df["top_class"]]).all()
     assert set(df["image"]) == set(store.images.df().query("split == 'test'")["ID"])
     assert (df["r1"] > df["r0"]).all() and (df["area"] > 0).all() and probs.shape[1] == N_CLASSES
+    from hpacli.store.summary import summarize
+
+    rows = summarize(store)["tables"]["predictions"]
+    assert rows[0]["name"] == "default" and rows[0]["cells predicted"] == n and rows[0]["status"] == "complete"
     pngs = write_overlays(store, tmp / "ov", n=2)
     from PIL import Image
 

@@ -114,3 +114,25 @@ def test_missing_or_stale_predictions_are_refused_and_nothing_is_written(truth_s
 def test_cli_without_action_is_a_clear_error(cli):
     res = cli(["submit"])
     assert res.exit_code == 2 and "nothing to do" in res.output
+
+
+def test_run_encoder_is_byte_identical_and_rows_match_submission_row():
+    from hpacli.evaluate.masks import encode_label_image
+    from hpacli.evaluate.submission import submission_row
+    from hpacli.evaluate.write import encode_label_runs, image_row
+
+    rng = np.random.default_rng(3)
+    for h, w in ((7, 5), (40, 33), (64, 64)):
+        lab = rng.integers(0, 6, (h, w)).astype(np.uint16)
+        lab[rng.random((h, w)) < 0.5] = 0
+        lab[-1, -1] = 5  # a run that ends the image
+        lab[0, 0] = 2  # one that starts it
+        assert encode_label_runs(lab) == encode_label_image(lab)
+        assert encode_label_runs(lab, [3, 1, 9]) == encode_label_image(lab, [3, 1, 9])  # 9: absent, empty mask
+    smooth = np.kron(rng.integers(0, 9, (8, 8)), np.ones((16, 16), int)).astype(np.uint16)
+    assert encode_label_runs(smooth) == encode_label_image(smooth)
+    ids = np.unique(smooth)[1:]
+    probs = rng.random((len(ids), N_CLASSES))
+    want = submission_row("x", smooth, dict(zip(ids.tolist(), probs)), classes=[0, 5, 11], min_score=0.4)
+    got = image_row("x", smooth, ids, probs, classes=[0, 5, 11], min_conf=0.4)
+    assert got[:4] == want and got[4] == int((probs[:, [0, 5, 11]] >= 0.4).sum())
