@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
+    ("demo", "demo", TOOLS),
     ("train-image", "train_image", TRAINING),
     ("train-cell", "train_cell", TRAINING),
     ("pseudolabel", "pseudolabel", INFERENCE),
