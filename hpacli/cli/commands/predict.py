@@ -80,6 +80,9 @@ def command(
     if not models and image_model is None:
         raise InputError("no models given; pass --models 'runs/cell/fold*/best.pt' (and/or --image-model)")
     sh = parse_shard(shard)
+    if images is not None and sh.count > 1:
+        raise InputError("--images with --shard: register the images once first (`hpa ingest`, or `hpa predict "
+                         "--images` without --shard), then run the shards")
     st = open_store(store, "a")
     with make_progress(disable=quiet) as progress:
         if images is not None:
