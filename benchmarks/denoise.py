@@ -147,7 +147,7 @@ def run_fast(emb, y_init, args, knn_method: str | None = None) -> dict:
     res: dict = {"n": n, "phases": {}}
     gc.collect()
     base = psutil.Process().memory_info().rss
-    opts = {"pca_dim": args.pca_dim, "nprobe": args.nprobe}
+    opts = {"pca_dim": args.pca_dim, "nprobe": args.nprobe or None}
     if args.nlist:
         opts["nlist"] = args.nlist
     with PeakRss() as m:
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gamma", type=float, default=DEFAULTS["gamma"])
     ap.add_argument("--knn", default="ivf", choices=knnmod.METHODS)
     ap.add_argument("--pca-dim", type=int, default=128)
-    ap.add_argument("--nprobe", type=int, default=24)
+    ap.add_argument("--nprobe", type=int, default=0, help="0 = the library default (5 %% of the IVF cells)")
     ap.add_argument("--nlist", type=int, default=0)
     ap.add_argument("--eig-tol", type=float, default=1e-6)
     ap.add_argument("--threads", type=int, default=2)

@@ -26,7 +26,8 @@ def command(
                                      "ivf, hnsw.")] = "auto",
     pca_dim: Annotated[int, typer.Option("--pca-dim", min=0, help="PCA dimensions before approximate search "
                                          "(0 = none).")] = 128,
-    nprobe: Annotated[int, typer.Option("--nprobe", min=1, help="IVF cells searched per query.")] = 24,
+    nprobe: Annotated[int, typer.Option("--nprobe", min=0, help="IVF cells searched per query "
+                                        "(0 = 5 % of them, at least 24).")] = 0,
     eig_tol: Annotated[float, typer.Option("--eig-tol", min=0, help="Lanczos tolerance.")] = 1e-6,
     threads: Annotated[int, typer.Option("--threads", min=0, help="faiss threads (0 = all cores).")] = 0,
     recall_sample: Annotated[int, typer.Option("--recall-sample", min=0, help="Query cells to measure the kNN "
@@ -55,7 +56,7 @@ def command(
     params = {"k": k, "n_eig": n_eig, "lam": lam, "gamma": gamma, "rtol": rtol, "stop_frac": stop_frac,
               "max_iter": max_iter}
     if denoiser == "graph-l1":
-        params.update(knn=knn, pca_dim=pca_dim, nprobe=nprobe, eig_tol=eig_tol, threads=threads or None)
+        params.update(knn=knn, pca_dim=pca_dim, nprobe=nprobe or None, eig_tol=eig_tol, threads=threads or None)
     st = open_store(store, "a")
     with make_progress(disable=quiet) as progress:
         summary = run_denoise(st, run, folds, denoiser, params, overwrite=overwrite, recall_sample=recall_sample,
