@@ -33,22 +33,28 @@ class DemoSettings:
     n_folds: int = 2
     backbone: str = "resnet18"
     img_size: int = 128
-    image_epochs: int = 8
+    image_epochs: int = 12
     image_batch: int = 16
-    lr_mult: float = 50.0
+    schedule: str = "constant"  # from scratch, a few hundred steps: adam10's 1e-5 base is for fine-tuning
+    lr_mult: float = 200.0
     views: tuple[str, ...] = ("id", "vflip", "hflip", "rot90")
     cell_size: int = 64
     cell_epochs: int = 4
     cell_batch: int = 32
-    cell_lr_mult: float = 25.0
+    cell_lr_mult: float = 50.0
     tta: tuple[str, ...] = ("id", "hflip")
     select_top: int = 40
+    mask_labels: bool = True
+    # the demo's small dataset needs more labelled spindle images than the default rules give
+    # for the image model to learn the class at all (the spindle stays missing from half of them)
+    mitotic_rate: float = 0.1
+    spindle_seen_p: float = 0.5
     seed: int = 0
     workers: int = 2
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(n_images=120, test_images=24, size=96, img_size=96, image_epochs=5, views=("id", "hflip"),
+        return cls(n_images=120, test_images=24, size=96, img_size=96, image_epochs=8, views=("id", "hflip"),
                    cell_size=48, cell_epochs=2, tta=("id",), select_top=20)
 
 
@@ -142,10 +148,11 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
         return open_store(store_path, "a")
 
     def synth():
-        from .data.synth import SynthConfig, run_synth
+        from .data.synth import Rules, SynthConfig, run_synth
 
         cfg = SynthConfig(n_images=s.n_images, size=s.size, test_images=s.test_images, seed=s.seed)
-        return run_synth(data, cfg, force=True, workers=s.workers, progress=progress)
+        rules = Rules(mitotic_rate=s.mitotic_rate, spindle_seen_p=s.spindle_seen_p)
+        return run_synth(data, cfg, force=True, workers=s.workers, progress=progress, rules=rules)
 
     def ingest():
         from .data.ingest import kaggle_candidates, run_ingest
@@ -179,7 +186,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
         for f in range(s.n_folds):
             res = run_train_image(
                 store(), f, runs / "image" / f"fold{f}", backbone=s.backbone, img_size=s.img_size, negatives="all",
-                epochs=s.image_epochs, batch_size=s.image_batch, accum=1, lr_mult=s.lr_mult, schedule="adam10",
+                epochs=s.image_epochs, batch_size=s.image_batch, accum=1, lr_mult=s.lr_mult, schedule=s.schedule,
                 workers=min(s.workers, 1), device=device, seed=s.seed + f, progress=progress, log=log,
                 resume=(runs / "image" / f"fold{f}" / "last.pt").exists(),
             )
@@ -197,8 +204,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
     def denoise():
         from .label.denoise import run_denoise
 
+        # the seed's k = 200 is for ~400,000 cells per fold; keep k about 1% of a small fold
         n_cells = _n_cells(store_path)
-        k = int(min(200, max(10, n_cells // 30)))
+        k = int(min(200, max(10, n_cells // 300)))
         return run_denoise(store(), run="oof", params={"k": k}, progress=progress)
 
     def select():
@@ -217,7 +225,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
 
         return run_train_cell(
             store(), 0, "oof", runs / "cell" / "fold0", selection="mitotic", init_from=image_models[0],
-            img_size=s.cell_size, epochs=s.cell_epochs, batch_size=s.cell_batch, accum=1, lr_mult=s.cell_lr_mult,
+            mask_labels=s.mask_labels,
+            img_size=s.cell_size, epochs=s.cell_epochs, batch_size=s.cell_batch, accum=1, lr_mult=s.cell_lr_mult, schedule=s.schedule,
             workers=min(s.workers, 1), device=device, seed=s.seed, progress=progress, log=log,
             resume=(runs / "cell" / "fold0" / "last.pt").exists(),
         )

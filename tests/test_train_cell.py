@@ -359,3 +359,18 @@ def test_cli_train_cell_smoke(setup, cli):
     assert res.exit_code == 2 and "--targets" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
         TC.read_cell_input(init)
+
+
+def test_image_labels_mask_targets_before_the_selection():
+    from hpacli.train.cell import combine_targets
+
+    base = np.full((3, 19), 0.5, dtype=np.float32)
+    has = np.array([True, True, False])
+    labels = np.zeros((3, 19), dtype=np.uint8)
+    labels[0, [0, 5]] = 1
+    labels[1, 16] = 1
+    out = combine_targets(base, has, sel_rows=np.array([0]), sel_classes=np.array([11]), image_labels=labels)
+    assert np.flatnonzero(out.y[0] > 0).tolist() == [0, 5, 11]  # masked, then the selection adds 11
+    assert out.y[0, 11] == 1.0 and out.y[0, 0] == 0.5
+    assert np.flatnonzero(out.y[1] > 0).tolist() == [16]
+    assert np.isnan(out.y[2]).all()

@@ -104,10 +104,12 @@ class CellTargets:
     n_selected_skipped: int = 0
 
 
-def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classes=None) -> CellTargets:
+def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classes=None,
+                    image_labels: np.ndarray | None = None) -> CellTargets:
     """Pure part of :func:`assemble_targets`: copy ``base`` ``[C, ≥19]`` (first 19 columns,
-    NaN rows where ``has`` is False), then set ``y[row, class] = 1`` for the selected rows
-    that have a target."""
+    NaN rows where ``has`` is False); with ``image_labels`` (``[C, 19]`` multi-hot, each
+    cell's image labels) zero the classes its image is not labelled with; then set
+    ``y[row, class] = 1`` for the selected rows that have a target."""
     base = np.asarray(base, dtype=np.float32)
     if base.ndim != 2 or base.shape[1] < N_CLASSES:
         raise StoreError(f"targets must be [cells, {N_CLASSES}+], got shape {base.shape}")
@@ -116,6 +118,11 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
     y[~has] = np.nan
     if not np.all((y[has] >= 0) & (y[has] <= 1)):
         raise StoreError("targets outside 0..1: these are not probabilities")
+    if image_labels is not None:
+        mask = np.asarray(image_labels, dtype=np.float32)
+        if mask.shape != y.shape:
+            raise StoreError(f"image labels have shape {mask.shape}, targets {y.shape}")
+        y[has] *= mask[has]
     n_sel = skipped = 0
     if sel_rows is not None and len(sel_rows):
         rows = np.asarray(sel_rows, dtype=np.int64)
@@ -131,9 +138,12 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
 
 
 def assemble_targets(
-    store, labels_run: str, selection: str | None = None, targets: str = "soft", denoise_run: str | None = None
+    store, labels_run: str, selection: str | None = None, targets: str = "soft", denoise_run: str | None = None,
+    mask_labels: bool = False,
 ) -> CellTargets:
-    """The cell targets of the store: see :func:`combine_targets`."""
+    """The cell targets of the store: see :func:`combine_targets`. ``mask_labels`` keeps
+    only the classes of each cell's image labels (weak labels miss classes but rarely add
+    wrong ones, so this removes the image model's false positives from the targets)."""
     from ..store import pseudolabels as PL
 
     if targets not in TARGET_KINDS:
@@ -151,8 +161,14 @@ def assemble_targets(
     rows = classes = None
     if selection:
         rows, classes = read_selection(store, selection, denoise_run or labels_run)
-    out = combine_targets(base, has, rows, classes)
-    out.source = f"{targets} targets of {labels_run!r}" + (f" + selection {selection!r}" if selection else "")
+    image_labels = None
+    if mask_labels:
+        from ..store.cells import CellTable
+
+        image_labels = store.images.labels()[CellTable(store).column("image").astype(np.int64)]
+    out = combine_targets(base, has, rows, classes, image_labels)
+    out.source = (f"{targets} targets of {labels_run!r}" + (" masked by image labels" if mask_labels else "")
+                  + (f" + selection {selection!r}" if selection else ""))
     return out
 
 
@@ -449,6 +465,7 @@ def run_train_cell(
     selection: str | None = None,
     targets: str = "soft",
     denoise_run: str | None = None,
+    mask_labels: bool = False,
     backbone: str | None = None,
     init_from: str | Path | None = None,
     img_size: int = 512,
@@ -477,7 +494,7 @@ def run_train_cell(
         raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
     if init_from is not None and not Path(init_from).exists():
         raise HpaError(f"--init-from {init_from} not found")
-    tg = assemble_targets(store, labels_run, selection, targets, denoise_run)
+    tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)
     if len(train_rows) == 0:
         raise HpaError(f"fold {fold} leaves no training cells with {targets} targets of {labels_run!r}")

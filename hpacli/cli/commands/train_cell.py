@@ -29,6 +29,10 @@ def command(
     denoise_run: Annotated[
         str | None, typer.Option("--denoise-run", help="De-noising run holding Y_opt and --selection (default: --labels).")
     ] = None,
+    mask_labels: Annotated[
+        bool, typer.Option("--mask-labels", help="Zero the target classes a cell's image is not labelled with "
+                           "(removes the image model's false positives; not in the original recipe).")
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cell/fold<F>).")] = None,
     init_from: Annotated[
         Path | None,
@@ -112,7 +116,8 @@ def command(
 
     with make_progress(disable=quiet or not rank0) as progress:
         summary = run_train_cell(
-            st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, backbone=backbone,
+            st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, mask_labels=mask_labels,
+            backbone=backbone,
             init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
             progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
