@@ -102,6 +102,18 @@ def load_float32(emb, chunk: int = 16384) -> np.ndarray:
     return out
 
 
+def _centred(emb, chunk: int) -> np.ndarray:
+    """float32 copy with the mean row subtracted: faiss computes ‖x‖² + ‖y‖² − 2x·y in float32,
+    which loses the order of near neighbours far from the origin (measured on real
+    embeddings: 52 of 1261 cells got another 200th neighbour than a float64 search;
+    none once centred)."""
+    x = load_float32(emb, chunk)
+    if x is emb:
+        x = x.copy()
+    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return x
+
+
 @dataclass
 class Pca:
     mean: np.ndarray  # [D] float32
@@ -226,11 +238,11 @@ def knn_graph(
     t0 = time.perf_counter()
     task = None
     if method == "exact":
-        x = load_float32(emb, chunk)
+        x = _centred(emb, chunk)
     else:
         pca = fit_pca(emb, pca_dim, sample=min(train_sample, n), seed=seed, chunk=chunk) if pca_dim and pca_dim < d else None
         if pca is None:
-            x = load_float32(emb, chunk)
+            x = _centred(emb, chunk)
         else:
             if progress is not None:
                 task = progress.add_task("kNN: reduce", total=n, unit="cells", info=f"PCA {d}→{pca.components.shape[1]}")
