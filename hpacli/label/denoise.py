@@ -241,7 +241,8 @@ def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np
 
 def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile: int = 128, cols: int = 10) -> None:
     """Masked crops (other cells zeroed) as RGB composites (red = microtubules + yellow/2,
-    green = protein, blue = nuclei), sorted by score, titled "Y_init / scaled Y_opt"."""
+    green = protein stretched to its 99.5th percentile, blue = nuclei), scaled to ``tile``,
+    in the given (score) order, titled "Y_init / scaled Y_opt"."""
     from PIL import Image, ImageDraw
 
     from ..data.crops import masked_crop, read_cell_labels, resize_nearest
@@ -264,9 +265,13 @@ def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile
             pix, lab = cache[im]
             crop = masked_crop(pix, lab, int(cell_id[c]), bbox[c])
             r, g, b, y = (crop[j].astype(np.float32) for j in range(4))
-            rgb = np.stack([np.clip(r + y / 2, 0, 255), g, b], axis=-1).astype(np.uint8)
-            thumb = Image.fromarray(rgb)
-            thumb.thumbnail((tile, tile))
+            top = max(float(np.percentile(g, 99.5)), 1.0)  # stretch the protein channel so it shows
+            g = np.clip(g * (255.0 / top), 0, 255)
+            rgb = np.stack([np.clip((r + y / 2) * 0.6, 0, 255), g, np.clip(b * 0.8, 0, 255)], axis=-1)
+            thumb = Image.fromarray(rgb.astype(np.uint8))
+            scale = tile / max(thumb.size)
+            thumb = thumb.resize((max(1, round(thumb.size[0] * scale)), max(1, round(thumb.size[1] * scale))),
+                                 Image.BILINEAR)
         except (HpaError, OSError, ValueError, IndexError, KeyError) as exc:  # reported on the tile
             thumb = Image.new("RGB", (tile, tile), (80, 0, 0))
             ImageDraw.Draw(thumb).text((4, 4), f"unreadable:\n{str(exc)[:40]}", fill=(255, 255, 255))
