@@ -43,7 +43,7 @@ class DemoSettings:
     cell_batch: int = 32
     cell_lr_mult: float = 50.0
     tta: tuple[str, ...] = ("id", "hflip")
-    select_top: int = 40
+    select_top: int = 10  # per de-noising fold; the reviewed gallery decides in real use
     mask_labels: bool = True
     # the demo's small dataset needs more labelled spindle images than the default rules give
     # for the image model to learn the class at all (the spindle stays missing from half of them)
@@ -55,7 +55,7 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(n_images=120, test_images=24, size=96, img_size=96, image_epochs=8, views=("id", "hflip"),
-                   cell_size=48, cell_epochs=2, tta=("id",), select_top=20)
+                   cell_size=48, cell_epochs=2, tta=("id",), select_top=5)
 
 
 STEPS = ("synth", "ingest", "segment", "dedup", "fold", "train-image", "pseudolabel", "denoise",
