@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .classes import MITOTIC_SPINDLE, N_CLASSES
 from .errors import HpaError
+from .plaindata import to_plain
 
 
 @dataclass
@@ -76,9 +77,9 @@ class _Steps:
     def __init__(self, out: Path, settings: DemoSettings, progress, log) -> None:
         self.path = out / "demo.json"
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if self.state.get("settings") not in (None, _plain(settings)):
+        if self.state.get("settings") not in (None, to_plain(settings)):
             raise HpaError(f"{out} holds a demo made with other settings; use another --out or --force")
-        self.state["settings"] = _plain(settings)
+        self.state["settings"] = to_plain(settings)
         self.state.setdefault("done", {})
         self.progress = progress
         self.log = log
@@ -96,7 +97,7 @@ class _Steps:
         seconds = time.perf_counter() - t
         for tid in (set(self.progress.task_ids) - before if before else ()):
             self.progress.remove_task(tid)
-        self.state["done"][name] = {"seconds": round(seconds, 2), "result": _plain(result)}
+        self.state["done"][name] = {"seconds": round(seconds, 2), "result": to_plain(result)}
         self._save()
         self.progress.advance(self.task)
         self.log(f"{name}: {seconds:.1f} s")
@@ -111,22 +112,6 @@ class _Steps:
         return {k: v["seconds"] for k, v in self.state["done"].items()}
 
 
-def _plain(value):
-    if hasattr(value, "__dataclass_fields__"):
-        value = asdict(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "auto", progress=None,
@@ -259,14 +244,14 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
             res = evaluate_files(data / "test_truth.csv", path)
             scores[name] = {"mAP": res.mAP, "per_class_AP": res.per_class_ap}
         scores["recovery"] = _recovery(open_store(store_path, "r"))
-        (out / "scores.json").write_text(json.dumps(_plain(scores), indent=1))
+        (out / "scores.json").write_text(json.dumps(to_plain(scores), indent=1))
         return scores
 
     for name, fn in zip(STEPS, (synth, ingest, segment, dedup, fold, train_image, pseudolabel, denoise, select,
                                 train_cell, predict, submit, evaluate)):
         steps.run(name, fn)
     scores = json.loads((out / "scores.json").read_text())
-    return DemoResult(out=out, settings=_plain(s), timings=steps.timings(), scores=scores)
+    return DemoResult(out=out, settings=to_plain(s), timings=steps.timings(), scores=scores)
 
 
 def _n_cells(store_path: Path) -> int:

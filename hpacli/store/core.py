@@ -94,10 +94,12 @@ class Store:
 
     # ---------------------------------------------------------------- locking
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, name: str = LOCK_FILE) -> Iterator[None]:
         """An exclusive lock between processes, for metadata changes only (create, resize,
-        attributes). Data chunks of disjoint shards are written without it."""
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        attributes). Data chunks of disjoint shards are written without it. Stages that
+        must serialise a longer step (while the store lock is taken inside it) pass a
+        ``name`` of their own."""
+        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

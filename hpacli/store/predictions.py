@@ -19,10 +19,6 @@ Group attributes: ``encoding`` ``hpacli-predictions`` v1, ``cells_table_id``, ``
 
 from __future__ import annotations
 
-import fcntl
-import os
-from contextlib import contextmanager
-
 import numpy as np
 
 from ..classes import N_CLASSES
@@ -113,15 +109,8 @@ def predicted_mask(store, name: str = "default") -> np.ndarray:
 # ---------------------------------------------------------------------------- writers (the stage)
 
 
-@contextmanager
 def prepare_lock(store):
-    fd = os.open(store.path / PREPARE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return store.lock(PREPARE_LOCK)
 
 
 def _old_rows(store, key: str, block: int) -> dict | None:

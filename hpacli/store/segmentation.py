@@ -26,10 +26,6 @@ bboxes and areas are exact for that nearest-neighbour upsampling.
 
 from __future__ import annotations
 
-import fcntl
-import os
-from contextlib import contextmanager
-
 import numpy as np
 
 from ..errors import StoreError
@@ -260,17 +256,10 @@ def build_cells_table(store, progress=None, params: dict | None = None) -> int:
     return int(len(columns["image"]))
 
 
-@contextmanager
 def finish_lock(store):
     """A lock of its own for building the cells table (``Store.lock`` is taken inside
     ``write_cells_table``, so it cannot be held around it)."""
-    fd = os.open(store.path / FINISH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return store.lock(FINISH_LOCK)
 
 
 def segmentation_summary(store):

@@ -15,23 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import HpaError
+from ..plaindata import to_plain
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _plain(value: Any) -> Any:
-    """Make parameters JSON-safe (paths and enums to strings)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 class StageRun:
@@ -39,7 +29,7 @@ class StageRun:
         self.store = store
         self.key = key
         self.stage = stage
-        self.params = _plain(params)
+        self.params = to_plain(params)
         store.group(key, create=True)
         old = store.attrs(key).get("provenance")
         if old and check_params:
@@ -67,7 +57,7 @@ class StageRun:
         record = dict(self.store.attrs(self.key).get("provenance") or {})
         record.update({"finished": _now(), "status": status})
         if summary:
-            record["summary"] = _plain(summary)
+            record["summary"] = to_plain(summary)
         self.store.update_attrs(self.key, {"provenance": record})
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..plaindata import to_plain
 
 FORMAT = "hpacli-checkpoint"
 VERSION = 1
@@ -86,10 +87,10 @@ def ensure_embedding(model: nn.Module) -> nn.Module:
 def model_config_of(model: nn.Module, fallback: dict | None = None) -> dict:
     cfg = getattr(model, "config", None)
     if isinstance(cfg, dict) and cfg.get("backbone"):
-        return _plain(cfg)
+        return to_plain(cfg)
     if fallback is None:
         raise InputError("the model has no `config` dict naming its backbone; pass model_config explicitly")
-    return _plain(fallback)
+    return to_plain(fallback)
 
 
 def build_model(config: dict) -> nn.Module:
@@ -258,16 +259,6 @@ def _plain_py_state(state):
     return [version, list(internal), gauss]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
-plain = _plain
+plain = to_plain
