@@ -94,9 +94,9 @@ def command(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ...errors import HpaError
-    from ...progress import console, make_progress
     from ...store import open_store
     from ...train.cell import FITS, TARGET_KINDS, run_train_cell
+    from ..training import report_trained, training_display
 
     if best_metric not in BEST_METRICS:
         raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
@@ -108,13 +108,8 @@ def command(
         raise HpaError(f"--init-from {init_from} not found")
     out = out or Path("runs/cell") / f"fold{fold}"
     st = open_store(store, "r")
-    rank0 = int(os.environ.get("RANK", "0")) == 0
 
-    def log(msg: str) -> None:
-        if rank0 and not quiet:
-            console.print(msg, highlight=False)
-
-    with make_progress(disable=quiet or not rank0) as progress:
+    with training_display(quiet) as (progress, log):
         summary = run_train_cell(
             st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, mask_labels=mask_labels,
             backbone=backbone,
@@ -125,14 +120,4 @@ def command(
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )
-    if rank0:
-        best = summary["best_value"]
-        best_txt = (
-            f"best {summary['best_metric']} {best:.4f} (epoch {summary['best_epoch']})" if best is not None
-            else "no validation score"
-        )
-        console.print(
-            f"[green]trained[/] cell model fold {fold}: {summary['step']} optimizer step(s), "
-            f"{summary['images_seen']} cells; {best_txt}; checkpoints in {out}",
-            highlight=False,
-        )
+    report_trained("cell model", fold, summary, "cells", out)

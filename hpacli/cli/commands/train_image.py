@@ -63,9 +63,9 @@ def command(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ...errors import HpaError
-    from ...progress import console, make_progress
     from ...store import open_store
     from ...train.image import run_train_image
+    from ..training import report_trained, training_display
 
     if best_metric not in ("map", "loss"):
         raise HpaError(f"--best-metric must be map or loss, not {best_metric!r}")
@@ -73,13 +73,8 @@ def command(
         raise HpaError(f"--init-from {init_from} not found")
     out = out or Path("runs/image") / f"fold{fold}"
     st = open_store(store, "r")
-    rank0 = int(os.environ.get("RANK", "0")) == 0
 
-    def log(msg: str) -> None:
-        if rank0 and not quiet:
-            console.print(msg, highlight=False)
-
-    with make_progress(disable=quiet or not rank0) as progress:
+    with training_display(quiet) as (progress, log):
         summary = run_train_image(
             st, fold, out, backbone=backbone, img_size=img_size, negatives=negatives, init_from=init_from,
             source=source, progress=progress, log=log,
@@ -88,11 +83,4 @@ def command(
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )
-    if rank0:
-        best = summary["best_value"]
-        best_txt = f"best {summary['best_metric']} {best:.4f} (epoch {summary['best_epoch']})" if best is not None else "no validation score"
-        console.print(
-            f"[green]trained[/] {backbone} fold {fold}: {summary['step']} optimizer step(s), "
-            f"{summary['images_seen']} images; {best_txt}; checkpoints in {out}",
-            highlight=False,
-        )
+    report_trained(backbone, fold, summary, "images", out)
