@@ -24,7 +24,7 @@ def command(
 
     manager = get_manager()
     if list_kind:
-        kind = list_kind.rstrip("s")
+        kind = {"losses": "loss"}.get(list_kind, list_kind.rstrip("s"))
         if kind not in REGISTRIES:
             raise HpaError(f"--list takes one of: {', '.join(k + 's' for k in REGISTRIES)}")
         for entry in REGISTRIES[kind].entries(pattern):
@@ -37,7 +37,7 @@ def command(
             by_plugin.setdefault(entry.plugin, []).append(entry.name)
         for plugin, names in by_plugin.items():
             shown = ", ".join(names) if len(names) <= 4 else f"{len(names)} ({', '.join(names[:3])}, ...)"
-            registered.setdefault(plugin, []).append(f"{kind}s: {shown}")
+            registered.setdefault(plugin, []).append(f"{PLURAL.get(kind, kind + 's')}: {shown}")
     commands = _commands_by_plugin()
     for plugin, names in commands.items():
         registered.setdefault(plugin, []).append(f"commands: {', '.join(names)}")
@@ -57,6 +57,9 @@ def command(
         for e in errors:
             bad.add_row(e.name, e.package, e.message)
         console.print(bad)
+
+
+PLURAL = {"loss": "losses"}
 
 
 def _commands_by_plugin() -> dict[str, list[str]]:
