@@ -12,26 +12,24 @@ from .. import hookimpl
 from ..cli.options import DATA, INFERENCE, TOOLS, TRAINING
 
 COMMANDS: list[tuple[str, str, str]] = [
-    ("ingest", "ingest", DATA),
     ("synth", "synth", DATA),
+    ("ingest", "ingest", DATA),
     ("dedup", "dedup", DATA),
-    ("fold", "fold", DATA),
     ("negatives", "negatives", DATA),
+    ("fold", "fold", DATA),
+    ("train-image", "train_image", TRAINING),
+    ("denoise", "denoise", TRAINING),
+    ("select-mitotic", "select_mitotic", TRAINING),
+    ("train-cell", "train_cell", TRAINING),
     ("segment", "segment", INFERENCE),
+    ("pseudolabel", "pseudolabel", INFERENCE),
     ("predict", "predict", INFERENCE),
     ("submit", "submit", INFERENCE),
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
     ("demo", "demo", TOOLS),
-    ("train-image", "train_image", TRAINING),
-    ("train-cell", "train_cell", TRAINING),
-    ("pseudolabel", "pseudolabel", INFERENCE),
-    ("denoise", "denoise", TRAINING),
-    ("select-mitotic", "select_mitotic", TRAINING),
 ]
-
-del TRAINING, INFERENCE  # panels used as commands land
 
 
 @hookimpl
