@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from ..options import StoreOpt
 
 
-def command(store: StoreOpt = Path("hpa.zarr")) -> None:
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    try:
+        return datetime.fromisoformat(stamp).strftime("%m-%d %H:%M:%S")
+    except ValueError:
+        return stamp
+
+
+def _took(rec: dict) -> str:
+    try:
+        sec = (datetime.fromisoformat(rec["finished"]) - datetime.fromisoformat(rec["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f"{sec:.0f} s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+def _short(value, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def command(
+    store: StoreOpt = Path("hpa.zarr"),
+    full: Annotated[bool, typer.Option("--full", help="Show every stage parameter in full.")] = False,
+) -> None:
     """Show a store's images, cells, stages (time, parameters, status) and size on disk."""
     from rich.table import Table
 
@@ -27,11 +56,11 @@ def command(store: StoreOpt = Path("hpa.zarr")) -> None:
     console.print(head)
     if info["stages"]:
         table = Table(title="stages")
-        for col in ("group", "status", "started", "finished", "parameters"):
+        for col in ("group", "status", "started", "took", "parameters"):
             table.add_column(col, overflow="fold")
         for key, rec in info["stages"].items():
-            params = ", ".join(f"{k}={v}" for k, v in (rec.get("params") or {}).items())
-            table.add_row(key, rec.get("status", "?"), rec.get("started") or "", rec.get("finished") or "", params)
+            params = ", ".join(f"{k}={v if full else _short(v)}" for k, v in (rec.get("params") or {}).items())
+            table.add_row(key, rec.get("status", "?"), _when(rec.get("started")), _took(rec), params)
         console.print(table)
     for title, rows in info.get("tables", {}).items():
         if not rows:
