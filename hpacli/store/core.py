@@ -33,6 +33,14 @@ def codec(kind: str = "zstd") -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
+def child_key(group: str, name: str, what: str = "run") -> str:
+    """``group/name`` for a user-chosen name (a run, a predictions set), checked so that it
+    stays one path component of the store."""
+    if not name or "/" in name or name.startswith((".", "_")):
+        raise StoreError(f"bad {what} name {name!r}: use letters, digits, - and _ (no '/', not starting with '.' or '_')")
+    return f"{group}/{name}"
+
+
 class Store:
     """A handle on one store directory. Use :func:`open_store`."""
 

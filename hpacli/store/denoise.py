@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StoreError
+from .core import child_key
 
 GROUP = "denoise"
 ENCODING = "hpacli-denoise"
@@ -30,9 +31,7 @@ ROW_CHUNK = 16384
 
 
 def run_key(run: str) -> str:
-    if not run or "/" in run or run.startswith((".", "_")):
-        raise StoreError(f"bad run name {run!r}")
-    return f"{GROUP}/{run}"
+    return child_key(GROUP, run)
 
 
 def prepare(store, run: str, n_cells: int, k: int, attrs: dict, overwrite: bool = False) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
+from .core import child_key
 
 GROUP = "predictions"
 BLOCK = 1024
@@ -31,9 +32,7 @@ PREPARE_LOCK = ".hpa-predict-prepare.lock"
 
 
 def name_key(name: str) -> str:
-    if not name or "/" in name or name.startswith(".") or name.startswith("_"):
-        raise StoreError(f"bad predictions name {name!r}: use letters, digits, - and _ (no '/', not starting with '.' or '_')")
-    return f"{GROUP}/{name}"
+    return child_key(GROUP, name, "predictions")
 
 
 # ---------------------------------------------------------------------------- readers

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
+from .core import child_key
 
 GROUP = "labels"
 BLOCK = 1024
@@ -36,9 +37,7 @@ ENCODING = "hpacli-pseudolabels"
 
 
 def run_key(run: str) -> str:
-    if not run or "/" in run or run.startswith(".") or run.startswith("_"):
-        raise StoreError(f"bad run name {run!r}: use letters, digits, - and _ (no '/', not starting with '.' or '_')")
-    return f"{GROUP}/{run}"
+    return child_key(GROUP, run)
 
 
 # ---------------------------------------------------------------------------- readers
