@@ -22,13 +22,15 @@ def cell_folds_key(name: str = DEFAULT) -> str:
     return f"folds/cells/{name}"
 
 
-def write_image_folds(store, fold: np.ndarray, name: str = DEFAULT) -> None:
+def _write_folds(store, key: str, fold: np.ndarray) -> None:
     fold = np.asarray(fold, dtype=np.int8)
-    arr = store.create_array(
-        f"{image_folds_key(name)}/fold", fold.shape, "int8", (65536,), encoding="fold-index", fill_value=-1,
-        overwrite=True,
-    )
+    arr = store.create_array(f"{key}/fold", fold.shape, "int8", (65536,), encoding="fold-index", fill_value=-1,
+                             overwrite=True)
     arr[:] = fold
+
+
+def write_image_folds(store, fold: np.ndarray, name: str = DEFAULT) -> None:
+    _write_folds(store, image_folds_key(name), fold)
 
 
 def read_image_folds(store, name: str = DEFAULT) -> np.ndarray:
@@ -43,12 +45,7 @@ def read_image_folds(store, name: str = DEFAULT) -> np.ndarray:
 
 
 def write_cell_folds(store, fold: np.ndarray, name: str = DEFAULT) -> None:
-    fold = np.asarray(fold, dtype=np.int8)
-    arr = store.create_array(
-        f"{cell_folds_key(name)}/fold", fold.shape, "int8", (65536,), encoding="fold-index", fill_value=-1,
-        overwrite=True,
-    )
-    arr[:] = fold
+    _write_folds(store, cell_folds_key(name), fold)
 
 
 def read_cell_folds(store, name: str = DEFAULT) -> np.ndarray:

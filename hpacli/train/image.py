@@ -40,6 +40,8 @@ def run_train_image(
     log = log or (lambda msg: None)
     if img_size < 32:
         raise HpaError("--img-size must be at least 32")
+    if init_from is not None and not Path(init_from).exists():
+        raise HpaError(f"--init-from {init_from} not found")
     train_rows, val_rows, labels, dropped = select_image_rows(store, fold, negatives, folds_name)
     if len(train_rows) == 0:
         raise HpaError(f"fold {fold} leaves no training images")

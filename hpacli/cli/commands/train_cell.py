@@ -104,8 +104,6 @@ def command(
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
     if fit not in FITS:
         raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
-    if init_from is not None and not init_from.exists():
-        raise HpaError(f"--init-from {init_from} not found")
     out = out or Path("runs/cell") / f"fold{fold}"
     st = open_store(store, "r")
 

@@ -69,8 +69,6 @@ def command(
 
     if best_metric not in ("map", "loss"):
         raise HpaError(f"--best-metric must be map or loss, not {best_metric!r}")
-    if init_from is not None and not init_from.exists():
-        raise HpaError(f"--init-from {init_from} not found")
     out = out or Path("runs/image") / f"fold{fold}"
     st = open_store(store, "r")
 
