@@ -44,7 +44,9 @@ class DemoSettings:
     cell_batch: int = 32
     cell_lr_mult: float = 50.0
     tta: tuple[str, ...] = ("id", "hflip")
-    select_top: int = 10  # per de-noising fold; the reviewed gallery decides in real use
+    select_per_image: int = 1  # known spindle cells: the most unusual cell of each labelled image
+    select_neighbours: int = 8  # ... and the cells among their first 8 neighbours ...
+    select_min_hits: int = 2  # ... at least twice
     mask_labels: bool = True
     # the demo's small dataset needs more labelled spindle images than the default rules give
     # for the image model to learn the class at all (the spindle stays missing from half of them)
@@ -56,7 +58,7 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(n_images=120, test_images=24, size=96, img_size=96, image_epochs=8, views=("id", "hflip"),
-                   cell_size=48, cell_epochs=2, tta=("id",), select_top=5)
+                   cell_size=48, cell_epochs=2, tta=("id",))
 
 
 STEPS = ("synth", "ingest", "segment", "dedup", "fold", "train-image", "pseudolabel", "denoise",
@@ -198,8 +200,12 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
         from .label.denoise import run_accept, run_select
 
         st = store()
-        sel = run_select(st, run="oof", cls=MITOTIC_SPINDLE, top=s.select_top, name="mitotic",
-                         out_dir=out / "selection")
+        # the image model is too weak to point at the spindle cells of a labelled image (its
+        # Y_init is flat there), so the known positives are the cells unlike the rest of their
+        # image, grown by their neighbours; the Y_opt rule is off (top 0)
+        sel = run_select(st, run="oof", cls=MITOTIC_SPINDLE, top=0, name="mitotic", out_dir=out / "selection",
+                         known="outliers", per_image=s.select_per_image, neighbours=s.select_neighbours,
+                         min_hits=s.select_min_hits)
         # the demo accepts the selection as it is (a person would review the gallery first)
         accepted = run_accept(st, "oof", sel.csv, name="mitotic") if sel.csv is not None else 0
         return {"selected": int(len(sel.cells)), "accepted": int(accepted), "counts": sel.counts,

@@ -341,6 +341,9 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     assert len(df) == 5 and set(df.columns) >= {"ID", "cell_index", "row", "y_init", "y_opt", "y_opt_scaled"}
     assert (df["fold"] == 0).all() and (df["y_init"] < 0.4).all()
     assert (tmp_path / "mitotic_r.png").exists()
+    res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--known", "outliers",
+                                      "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "images table" in res.output  # this store has cells but no images
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--accept",
                                       str(tmp_path / "mitotic_r.csv")])
     assert res.exit_code == 0 and "accepted 5" in res.output
@@ -360,3 +363,60 @@ def test_exact_knn_is_exact_far_from_the_origin():
     g = knnmod.knn_graph(x, 30, "exact")
     np.testing.assert_array_equal(np.sort(g.indices, 1), np.sort(knnmod.exact_knn_numpy(x, 30), 1))
     assert x.mean() > 25  # the caller's array is left alone
+
+
+# ----------------------------------------------------------------------------- outlier known positives
+def _images_with_rare_cells(n_images=30, cells=12, d=16, seed=0):
+    """Each image: cells around its own pattern; images 0..9 also hold 1–2 'rare' cells near
+    one shared direction (the class only a few cells show)."""
+    rng = np.random.default_rng(seed)
+    rare_dir = rng.normal(size=d) * 3
+    emb, image, rare = [], [], []
+    for i in range(n_images):
+        centre = rng.normal(size=d) * 3
+        x = centre + rng.normal(size=(cells, d)) * 0.5
+        is_rare = np.zeros(cells, bool)
+        if i < 10:
+            k = 1 + i % 2
+            is_rare[:k] = True
+            x[:k] = rare_dir + rng.normal(size=(k, d)) * 0.5
+        emb.append(x)
+        image.append(np.full(cells, i))
+        rare.append(is_rare)
+    return np.concatenate(emb), np.concatenate(image), np.concatenate(rare)
+
+
+def test_image_outliers_point_at_the_rare_cells_of_each_image():
+    emb, image, rare = _images_with_rare_cells()
+    order = np.random.default_rng(1).permutation(len(image))  # rows of an image need not be contiguous
+    emb, image, rare = emb[order], image[order], rare[order]
+    score = sel.image_outliers(emb, image)
+    labelled = image < 10
+    pos = sel.outlier_positives(score[labelled], image[labelled], per_image=1)
+    assert len(pos) == 10 and rare[labelled][pos].all()  # one per image, each a rare cell
+    pos2 = sel.outlier_positives(score[labelled], image[labelled], per_image=2)
+    assert len(pos2) == 20 and rare[labelled][pos2].sum() == 15  # the 15 rare cells, then the next best
+    # leave-one-out: a cell alone in its image scores 0, a uniform image scores ~0 everywhere
+    assert sel.image_outliers(np.ones((1, 4)), np.array([3]))[0] == 0.0
+    flat = sel.image_outliers(np.ones((5, 4)), np.zeros(5, int))
+    np.testing.assert_allclose(flat, 0.0, atol=1e-12)
+
+
+def test_image_outliers_bad_input():
+    with pytest.raises(InputError):
+        sel.image_outliers(np.ones((3, 4)), np.zeros(2, int))
+    with pytest.raises(InputError):
+        sel.image_outliers(np.full((3, 4), np.nan), np.zeros(3, int))
+    with pytest.raises(HpaError):
+        sel.outlier_positives(np.ones(3), np.zeros(3, int), per_image=0)
+
+
+def test_select_with_outlier_known_positives_needs_image_labels(denoise_store):
+    from hpacli.label.denoise import run_denoise, run_select
+
+    st, _, _ = denoise_store
+    run_denoise(st, "r", params={"k": 20, "n_eig": 12}, recall_sample=0)
+    with pytest.raises(HpaError, match="images table"):
+        run_select(st, "r", top=0, known="outliers")
+    with pytest.raises(HpaError, match="--known"):
+        run_select(st, "r", top=0, known="labels")

@@ -374,3 +374,39 @@ def test_image_labels_mask_targets_before_the_selection():
     assert out.y[0, 11] == 1.0 and out.y[0, 0] == 0.5
     assert np.flatnonzero(out.y[1] > 0).tolist() == [16]
     assert np.isnan(out.y[2]).all()
+
+
+def test_select_outlier_known_positives_from_the_store(setup, tmp_path):
+    """`select-mitotic --known outliers` picks, in each image labelled with the class, the
+    cell whose embedding stands apart from the rest of its image (planted here)."""
+    from hpacli.label.denoise import run_select
+    from hpacli.store.cells import CellTable
+    from hpacli.store.work import BlockWork
+
+    store, _, probs, labelled, _, _ = setup
+    image = CellTable(store).column("image").astype(np.int64)
+    img_labels = store.images.labels()
+    counts = img_labels[np.unique(image[labelled])].sum(axis=0)
+    cls = int(np.argmax(np.where(np.arange(N_CLASSES) == N_CLASSES - 1, 0, counts)))
+    assert counts[cls] >= 2
+    rng = np.random.default_rng(4)
+    rare = rng.normal(size=8) * 3
+    emb = np.zeros((len(image), 8))
+    planted = []
+    for i in np.unique(image):
+        rows = np.flatnonzero(image == i)
+        emb[rows] = rng.normal(size=8) * 3 + rng.normal(size=(len(rows), 8)) * 0.3
+        if img_labels[i, cls] and labelled[rows].all() and len(rows) > 2:
+            emb[rows[1]] = rare + rng.normal(size=8) * 0.3
+            planted.append(rows[1])
+    key = PL.prepare_run(store, "emb", len(image), 8, {"cells_table_id": CellTable(store).table_id, "models": {},
+                                                       "views": ["id"], "img_size": {}}, block=PL_BLOCK)
+    work = BlockWork(store, key, len(image), PL_BLOCK)
+    model = np.where(labelled, 0, -1).astype(np.int8)
+    for b in work.todo():
+        PL.write_block(store, "emb", b.start, probs[b.start:b.stop], emb[b.start:b.stop], model[b.start:b.stop])
+        work.mark_done(b)
+    write_denoised(store, "emb", probs, np.flatnonzero(labelled))
+    res = run_select(store, "emb", cls, top=0, known="outliers", name="rare", out_dir=tmp_path / "sel")
+    assert sorted(res.cells.tolist()) == sorted(planted) and res.counts["known"] == len(planted)
+    assert "image outliers" in res.rule and (tmp_path / "sel" / "rare_emb.csv").exists()

@@ -139,6 +139,8 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
 
 
 # ----------------------------------------------------------------------------- select
+KNOWN_RULES = ("y-init", "outliers")
+
 @dataclass
 class SelectSummary:
     cells: np.ndarray
@@ -161,9 +163,17 @@ def _scores(y_init, y_opt, fold, cls):
 def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init_below: float = 0.4,
                opt_frac: float = 0.92, top: int | None = None, neighbours: int | None = None, min_hits: int = 3,
                positive_at: float = 0.5, name: str = "mitotic", out_dir: Path | None = None,
-               gallery: int = 120) -> SelectSummary:
-    """Select cells of class ``cls`` (per de-noising fold, as the fold's Y_opt max differs)."""
+               gallery: int = 120, known: str = "y-init", per_image: int = 1) -> SelectSummary:
+    """Select cells of class ``cls`` (per de-noising fold, as the fold's Y_opt max differs).
+
+    ``known`` says where the known positives come from: ``"y-init"`` (Y_init ≥
+    ``positive_at``, the seed's) or ``"outliers"`` (the ``per_image`` cells of each image
+    labelled with ``cls`` that differ most from the rest of their image; these are selected
+    themselves too). Known positives feed the neighbour rule when ``neighbours`` is given."""
     from ..store import denoise as layout
+
+    if known not in KNOWN_RULES:
+        raise HpaError(f"--known must be one of {', '.join(KNOWN_RULES)}, not {known!r}")
 
     data = layout.read(store, run)
     fold = data["fold"].astype(np.int64)
@@ -177,6 +187,11 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
     picked: list[np.ndarray] = []
     counts: dict = {"per_fold": {}}
     knn = layout.read_knn(store, run) if neighbours else None
+    if known == "outliers":
+        known_rows = _outlier_known(store, run, cls, ok, per_image)
+    else:
+        known_rows = sel.known_positives(y_init, cls, positive_at)
+        known_rows = known_rows[ok[known_rows]]
     for f in np.unique(fold[ok]):
         rows = np.flatnonzero(fold == f)
         yi, yo = y_init[rows], y_opt[rows]
@@ -187,9 +202,11 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
         else:
             idx = sel.select_threshold(yi, yo, cls, init_below, opt_frac)
         chosen = rows[idx]
+        pos = known_rows[fold[known_rows] == f]
+        fold_counts["known"] = int(len(pos))
+        if known == "outliers":
+            chosen = np.concatenate([chosen, np.setdiff1d(pos, chosen)])
         if neighbours:
-            pos = sel.known_positives(y_init, cls, positive_at)
-            pos = pos[fold[pos] == f]
             if (knn[pos] < 0).any():
                 raise HpaError("this run stored no neighbour lists (its denoiser gives none); drop --neighbours")
             nb, _ = sel.select_neighbours(knn, pos, neighbours, min_hits)
@@ -203,13 +220,16 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
     cells = cells[np.argsort(-scaled[cells], kind="stable")]
     scores = np.stack([yi[cells], yo[cells], scaled[cells]], axis=1) if len(cells) else np.zeros((0, 3))
     rule = f"top {top}" if top is not None else f"Y_init < {init_below} and Y_opt >= {opt_frac} * max"
+    if known == "outliers":
+        rule += f" + image outliers ({per_image} per labelled image)"
     if neighbours:
-        rule += f" + neighbours (k={neighbours}, hits >= {min_hits})"
-    for key_ in ("threshold", "top", "neighbours", "below_bound"):
+        rule += f" + neighbours of the known (k={neighbours}, hits >= {min_hits})"
+    for key_ in ("threshold", "top", "neighbours", "below_bound", "known"):
         vals = [v.get(key_) for v in counts["per_fold"].values() if v.get(key_) is not None]
         counts[key_] = int(sum(vals)) if vals else None
     attrs = {"class": int(cls), "rule": rule, "init_below": init_below, "opt_frac": opt_frac, "top": top,
-             "neighbours": neighbours, "min_hits": min_hits, "counts": counts, "accepted": False}
+             "neighbours": neighbours, "min_hits": min_hits, "known": known, "per_image": per_image,
+             "counts": counts, "accepted": False}
     layout.write_selection(store, run, name, cells, scores, attrs)
     csv = png = None
     if out_dir is not None:
@@ -221,6 +241,26 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
             png = out_dir / f"{name}_{run}.png"
             write_gallery(store, png, cells[:gallery], scores[:gallery])
     return SelectSummary(cells, counts, csv, png, rule)
+
+
+def _outlier_known(store, run: str, cls: int, ok: np.ndarray, per_image: int) -> np.ndarray:
+    """Rows of the ``per_image`` most unusual cells of each image labelled with ``cls``
+    (among the de-noised rows ``ok``), from the run's stored embeddings."""
+    from ..store import pseudolabels as pl
+    from ..store.cells import CellTable
+
+    if not store.images.exists:
+        raise HpaError("the store holds no images table: --known outliers needs the image labels")
+    image = CellTable(store).column("image").astype(np.int64)
+    if len(image) != len(ok):
+        raise StoreError(f"the de-noised run has {len(ok)} rows but the cells table {len(image)}; de-noise again")
+    labelled = store.images.labels()[:, cls] > 0
+    rows = np.flatnonzero(ok & labelled[image])
+    if not len(rows):
+        return rows
+    emb = pl.read_embeddings(store, run, rows).astype(np.float32)
+    score = sel.image_outliers(emb, image[rows])
+    return rows[sel.outlier_positives(score, image[rows], per_image)]
 
 
 def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np.ndarray) -> None:

@@ -12,6 +12,14 @@ neighbours
     cells that appear at least ``min_hits`` times among the first ``k`` neighbours of the
     known positive cells (``Y_init[:, c] ≥ positive_at`` or hand-picked), themselves excluded.
 
+Known positives come from the pseudo-labels (the seed's way) or, with ``known="outliers"``,
+from the image labels: a class that only a few cells of an image show is carried by the
+cells that look unlike the rest of their image, so in each image labelled with ``c`` the
+``per_image`` cells whose embedding lies farthest from the mean of the image's other cells
+(:func:`image_outliers`) are taken as known. This finds the rare cells when the image-level
+model is too weak to point at them (its Y_init is then flat within an image), which is
+exactly when a rare class such as the mitotic spindle needs the selection most.
+
 Every function returns cell indices (into the fold's rows) sorted by descending score.
 """
 
@@ -93,6 +101,43 @@ def select_neighbours(knn_indices, positives, k: int | None = None, min_hits: in
         ok[np.asarray(exclude, dtype=np.int64)] = False
     idx = _by_score(np.flatnonzero(ok), hits.astype(np.float64))
     return idx, hits[idx]
+
+
+def image_outliers(emb: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """For each row (cells, with their image index): 1 − cosine similarity between the
+    cell's embedding and the mean embedding of the other cells of its image; 0 for a cell
+    alone in its image. ``emb`` is ``[n, D]``, rows of one image need not be contiguous."""
+    emb = np.asarray(emb, dtype=np.float64)
+    image = np.asarray(image, dtype=np.int64)
+    if emb.ndim != 2 or len(emb) != len(image):
+        raise InputError(f"embeddings {emb.shape} and image indices {image.shape} do not match")
+    if len(emb) == 0:
+        return np.zeros(0)
+    if not np.isfinite(emb).all():
+        raise InputError("embeddings hold NaN or infinite values")
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    groups, inv = np.unique(image, return_inverse=True)
+    sums = np.zeros((len(groups), e.shape[1]))
+    np.add.at(sums, inv, e)
+    counts = np.bincount(inv, minlength=len(groups))
+    others = sums[inv] - e
+    norm = np.linalg.norm(others, axis=1)
+    score = 1.0 - np.einsum("ij,ij->i", e, others) / np.maximum(norm, 1e-12)
+    score[counts[inv] < 2] = 0.0
+    return score
+
+
+def outlier_positives(score: np.ndarray, image: np.ndarray, per_image: int = 1) -> np.ndarray:
+    """Indices of the ``per_image`` highest-scoring rows of each image (ties: first row)."""
+    if per_image < 1:
+        raise HpaError(f"--per-image must be at least 1, got {per_image}")
+    score = np.asarray(score, dtype=np.float64)
+    image = np.asarray(image, dtype=np.int64)
+    order = np.lexsort((np.arange(len(score)), -score, image))
+    img_sorted = image[order]
+    first = np.r_[0, np.flatnonzero(np.diff(img_sorted)) + 1] if len(order) else np.zeros(0, dtype=np.int64)
+    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    return np.sort(order[rank < per_image])
 
 
 @dataclass

@@ -20,6 +20,11 @@ def command(
     neighbours: Annotated[int | None, typer.Option("--neighbours", min=1, help="Also cells among the first K "
                                                    "neighbours of known positives...")] = None,
     min_hits: Annotated[int, typer.Option("--min-hits", min=1, help="...at least this many times.")] = 3,
+    known: Annotated[str, typer.Option("--known", help="Known positives: y-init (Y_init ≥ 0.5, the seed's) or "
+                                       "outliers (in each image labelled with the class, the cells least like "
+                                       "the rest of the image; these are selected too).")] = "y-init",
+    per_image: Annotated[int, typer.Option("--per-image", min=1, help="Outlier cells taken per labelled "
+                                           "image with --known outliers.")] = 1,
     name: Annotated[str, typer.Option("--name", help="Name of the selection in the store.")] = "mitotic",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV and the PNG gallery.")] = Path("."),
     accept: Annotated[Path | None, typer.Option("--accept", help="Import a reviewed CSV (rows kept = accepted) "
@@ -36,12 +41,14 @@ def command(
         n = run_accept(st, run, accept, name)
         console.print(f"accepted {n} cell(s) from {accept} as selection {name!r} of {run!r}")
         return
-    res = run_select(st, run, cls, init_below, opt_frac, top, neighbours, min_hits, name=name, out_dir=out)
+    res = run_select(st, run, cls, init_below, opt_frac, top, neighbours, min_hits, name=name, out_dir=out,
+                     known=known, per_image=per_image)
     c = res.counts
     console.print(f"rule: {res.rule}: {len(res.cells)} cell(s) selected")
     console.print(f"  threshold rule picks {c['threshold']}, cells under the bound {c['below_bound']}"
                   + (f", top rule {c['top']}" if c.get("top") is not None else "")
-                  + (f", neighbour rule {c['neighbours']}" if c.get("neighbours") is not None else ""))
+                  + (f", neighbour rule {c['neighbours']}" if c.get("neighbours") is not None else "")
+                  + (f", known positives {c['known']}" if c.get("known") is not None else ""))
     if c["threshold"] == 0 and top is None:
         console.print("[yellow]the threshold rule selected nothing (a lone maximum?); try --top K[/]")
     if res.csv:
