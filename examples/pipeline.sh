@@ -19,7 +19,9 @@ for f in 0 1; do
 done
 hpa pseudolabel --store hpa.zarr --models 'runs/image/fold*/best.pt' --run oof
 hpa denoise --store hpa.zarr --run oof --k 20
-hpa select-mitotic --store hpa.zarr --run oof --top 30 --out selection
+# known positives from the labelled images' unusual cells (the demo's rule; see the README)
+hpa select-mitotic --store hpa.zarr --run oof --top 0 --known outliers --per-image 2 --neighbours 8 \
+  --min-hits 2 --out selection
 hpa select-mitotic --store hpa.zarr --run oof --accept selection/mitotic_oof.csv   # after reviewing the gallery
 hpa train-cell --store hpa.zarr --fold 0 --labels oof --selection mitotic --mask-labels \
   --init-from runs/image/fold0/best.pt --img-size 64 --batch-size 32 --accum 1 --epochs 4 \
