@@ -141,6 +141,7 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
 # ----------------------------------------------------------------------------- select
 KNOWN_RULES = ("y-init", "outliers")
 
+
 @dataclass
 class SelectSummary:
     cells: np.ndarray
