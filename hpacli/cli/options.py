@@ -27,6 +27,15 @@ OverwriteOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
+# training (hpa train-image and hpa train-cell; each command keeps its own defaults)
+AccumOpt = Annotated[
+    int, typer.Option("--accum", min=1, help="Micro-batches per optimizer step (effective batch = accum × batch).")
+]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train.")]
+LrMultOpt = Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")]
+ScheduleOpt = Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")]
+EpochOffsetOpt = Annotated[int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")]
+
 # help panels
 DATA = "Data"
 TRAINING = "Training"

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from ..options import DeviceOpt, QuietOpt, SeedOpt, StoreOpt, WorkersOpt
+from ..options import (
+    AccumOpt,
+    DeviceOpt,
+    EpochOffsetOpt,
+    EpochsOpt,
+    LrMultOpt,
+    QuietOpt,
+    ScheduleOpt,
+    SeedOpt,
+    StoreOpt,
+    WorkersOpt,
+)
 
 BEST_METRICS = ("auto", "cell_map", "map", "bin_acc", "loss")
 
@@ -51,13 +62,11 @@ def command(
         str, typer.Option("--fit", help="resize: squared crop resized to --img-size; pad: kept at --work-size scale, padded.")
     ] = "resize",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Cells per micro-batch.")] = 32,
-    accum: Annotated[
-        int, typer.Option("--accum", min=1, help="Micro-batches per optimizer step (effective batch = accum × batch).")
-    ] = 4,
-    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train.")] = 5,
-    lr_mult: Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")] = 4.0,
-    schedule: Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")] = "adam10",
-    epoch_offset: Annotated[int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")] = 0,
+    accum: AccumOpt = 4,
+    epochs: EpochsOpt = 5,
+    lr_mult: LrMultOpt = 4.0,
+    schedule: ScheduleOpt = "adam10",
+    epoch_offset: EpochOffsetOpt = 0,
     loss: Annotated[
         str, typer.Option("--loss", help="Training loss; soft-* variants use the soft targets (`hpa plugins --list losses`).")
     ] = "soft-focal-symmetric-lovasz-hardlog",

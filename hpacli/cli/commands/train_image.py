@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from ..options import DeviceOpt, QuietOpt, SeedOpt, StoreOpt, WorkersOpt
+from ..options import (
+    AccumOpt,
+    DeviceOpt,
+    EpochOffsetOpt,
+    EpochsOpt,
+    LrMultOpt,
+    QuietOpt,
+    ScheduleOpt,
+    SeedOpt,
+    StoreOpt,
+    WorkersOpt,
+)
 
 
 def command(
@@ -19,15 +30,11 @@ def command(
     ] = "densenet121-hpa",
     img_size: Annotated[int, typer.Option("--img-size", min=32, help="Training image size (pixels).")] = 1024,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per micro-batch.")] = 8,
-    accum: Annotated[
-        int, typer.Option("--accum", min=1, help="Micro-batches per optimizer step (effective batch = accum × batch).")
-    ] = 200,
-    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train.")] = 10,
-    lr_mult: Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")] = 4.0,
-    schedule: Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")] = "adam10",
-    epoch_offset: Annotated[
-        int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")
-    ] = 0,
+    accum: AccumOpt = 200,
+    epochs: EpochsOpt = 10,
+    lr_mult: LrMultOpt = 4.0,
+    schedule: ScheduleOpt = "adam10",
+    epoch_offset: EpochOffsetOpt = 0,
     loss: Annotated[
         str, typer.Option("--loss", help="Training loss (`hpa plugins --list losses`).")
     ] = "focal-symmetric-lovasz-hardlog",
