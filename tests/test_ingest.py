@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hpacli.store import open_store
@@ -171,3 +172,94 @@ def test_kill_minus_nine_then_rerun_gives_the_same_store(tmp_path):
     assert 0 < partial < 260
     subprocess.run([*cmd, "--store", str(killed)], check=True, env=env, capture_output=True)
     assert _snapshot(killed) == _snapshot(clean)
+
+
+# ------------------------------------------------------------------ hostile and odd files
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A small valid PNG whose IHDR is patched to claim ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+def test_hostile_and_odd_files_are_reported_and_the_rest_ingested(cli, tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "odd"
+    rows = []
+    grey = (np.arange(48 * 48).reshape(48, 48) % 16).astype(np.uint8)  # palette indices 0..15
+
+    def add(image_id):
+        write_rgby(root / "train", image_id, smooth_image(rng, 48))
+        rows.append(f"{image_id},0")
+        return root / "train" / f"{image_id}_green.png"
+
+    add("good")
+    _png_claiming(add("bomb"), 30000, 30000)
+    _png_claiming(add("bigish"), 10000, 10000)  # over the limit, under Pillow's hard error
+    alpha = np.full((48, 48), 255, np.uint8)
+    alpha[0, 0] = 0
+    Image.fromarray(np.stack([grey * 10, alpha], axis=-1), mode="LA").save(add("greyalpha"))
+    opaque = np.stack([grey * 10, np.full((48, 48), 255, np.uint8)], axis=-1)
+    Image.fromarray(opaque, mode="LA").save(add("greyalpha_opaque"))
+    pal = Image.fromarray(grey, mode="P")
+    pal.putpalette([17 * i for i in range(16) for _ in range(3)])
+    pal.save(add("palette"))
+    colour = Image.fromarray(grey, mode="P")
+    colour.putpalette([v for i in range(16) for v in (17 * i, 0, 255 - 17 * i)])
+    colour.save(add("palette_colour"))
+    jpeg = add("jpeg")
+    Image.fromarray(smooth_image(rng, 48)[0]).save(jpeg, format="JPEG")
+    (root / "train.csv").write_text("ID,Label\n" + "\n".join(rows) + "\n")
+
+    store = tmp_path / "s.zarr"
+    res = cli(["ingest", root, "--store", store, "-q", "--cache-size", 48])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    st = open_store(store, "r")
+    t = st.images
+    assert t.ids().tolist() == ["good", "greyalpha_opaque", "palette"]
+    problems = {p["ID"]: p["problem"] for p in st.attrs("ingest")["provenance"]["summary"]["problems"]}
+    assert set(problems) == {"bomb", "bigish", "greyalpha", "palette_colour", "jpeg"}
+    assert "claims 30000x30000 pixels" in problems["bomb"]
+    assert "claims 10000x10000 pixels" in problems["bigish"]
+    assert "transparent" in problems["greyalpha"]
+    assert "colour image" in problems["palette_colour"]
+    assert "is a JPEG file, not a PNG" in problems["jpeg"]
+    # palette channels are stored as the grey levels their palette gives, not as indices
+    i = t.ids().tolist().index("palette")
+    np.testing.assert_array_equal(t.read_image(i)[1], grey * 17)
+    np.testing.assert_array_equal(t.read_cache(i)[1], grey * 17)
+    j = t.ids().tolist().index("greyalpha_opaque")
+    np.testing.assert_array_equal(t.read_image(j)[1], grey * 10)
+
+
+def test_bad_file_with_strict_is_one_line(cli, tmp_path):
+    root = tmp_path / "odd"
+    write_rgby(root / "train", "bomb", smooth_image(np.random.default_rng(0), 32))
+    _png_claiming(root / "train" / "bomb_red.png", 30000, 30000)
+    (root / "train.csv").write_text("ID,Label\nbomb,0\n")
+    res = cli(["ingest", root, "--store", tmp_path / "s.zarr", "-q", "--strict"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "claims 30000x30000" in " ".join(res.output.split())
+
+
+# ------------------------------------------------------------------ IDs that would escape their folder
+def test_check_image_id():
+    from hpacli.data.ids import check_image_id, image_id_problem
+    from hpacli.errors import InputError
+
+    for good in ("abc", "10580_1610_C1_1", "5a7e1c8e-bbbb-11e8-b2ba-ac1f6b6435d0", "a.b", "..a", "é" * 50):
+        assert check_image_id(good) == good
+    for bad, why in (("../../x", "path separator"), ("/abs/x", "path separator"), ("a\\b", "path separator"),
+                     ("", "empty"), ("   ", "empty"), ("a\x00b", "control"), ("a\nb", "control"),
+                     (".", "relative folder"), ("..", "relative folder"), ("x" * 256, "bytes long"),
+                     ("é" * 101, "bytes long"), (" a", "white space"), (3, "not text")):
+        assert why in image_id_problem(bad), bad
+        with pytest.raises(InputError):
+            check_image_id(bad)
