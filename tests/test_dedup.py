@@ -323,3 +323,33 @@ def test_dedup_never_hashes_cache_rows_without_marker(tmp_path):
     assert st.attrs("dedup/hashes")["cache_id"] == st.images.cache_id
     assert st.attrs("dedup")["provenance"]["params"]["source"] == "cache"
 
+
+# ------------------------------------------------------------------ the output path
+def test_cli_dedup_checks_the_output_before_storing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hpacli.cli.app import build_app
+
+    make_dataset(tmp_path / "data")
+    store = tmp_path / "s.zarr"
+    ingest(tmp_path / "data", store, 64)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "dups.png").mkdir()  # the PNG beside dups.csv would land on a folder
+    for bad, why in ((tmp_path / "a_file" / "dups.csv", "is a file, not a folder"),
+                     (tmp_path / "a_dir", "is a folder"),
+                     (tmp_path / "x.png", "give the CSV's name"),
+                     (tmp_path / "dups.csv", "is a folder"),
+                     (tmp_path / ("n" * 300) / "d.csv", "longer than 255 bytes")):
+        res = CliRunner().invoke(build_app(), ["dedup", "--store", str(store), "-o", str(bad), "-q"])
+        assert res.exit_code == 2, (bad, res.output)
+        assert "Traceback" not in res.output and why in " ".join(res.output.split()), res.output
+        assert not store.joinpath("dedup").exists()  # nothing stored
+    # by default the CSV goes beside the store, whatever the current folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = CliRunner().invoke(build_app(), ["dedup", "--store", str(store), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s.zarr-duplicates.csv").exists() and (tmp_path / "s.zarr-duplicates.png").exists()
+    assert list(elsewhere.iterdir()) == []
