@@ -232,13 +232,13 @@ class ImageTable:
 
         ``None`` keeps the store's cache (new images are cached at its size) or none. A size
         when the store has none creates the cache (rows of earlier images are filled by
-        :meth:`fill_cache`). Another size than the store's is refused unless ``rebuild``,
-        which drops the cache and starts a new one of that size.
+        the ingest). Another size than the store's is refused unless ``rebuild``, which
+        drops the cache and starts a new one of that size (every row is filled again).
         """
         existing = self.cache_size
         if size is None:
             size = existing
-        elif existing is not None and existing != size:
+        elif existing is not None and (existing != size or rebuild):
             if not rebuild:
                 raise StoreError(
                     f"the store's pixel cache is {existing}px, not {size}px; ingest with --cache-size {existing} "
@@ -289,7 +289,7 @@ class ImageTable:
         ``rows`` has columns id, source, split, height, width, bit_depth, labelled. When the
         store has a cache, ``cache`` pixels of the same size are written with their markers;
         without them (or of another size) the new rows are left unmarked for
-        :meth:`fill_cache`. The committed count is written last, so a kill leaves the table
+        ingest to fill. The committed count is written last, so a kill leaves the table
         as it was.
         """
         k = len(rows)
