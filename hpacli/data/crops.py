@@ -250,12 +250,13 @@ def work_shape(height: int, width: int, work_size: int | None) -> tuple[int, int
 
 def load_pixels(store, index: int, shape: tuple[int, int], cache_size: int | None = None) -> np.ndarray:
     """uint8 RGBY ``[4, *shape]``: from the pixel cache when it has at least that many
-    pixels, else decoded from the PNGs; resized to ``shape``."""
+    pixels and the image's row is present, else decoded from the PNGs; resized to ``shape``."""
     if cache_size is None:
         cache_size = store.images.cache_size
+    pix = None
     if cache_size is not None and cache_size >= max(shape):
-        pix = store.images.read_cache(index)
-    else:
+        pix = store.images.try_read_cache(index)
+    if pix is None:
         pix = store.images.read_image(index)
     return _resize(pix, shape)
 

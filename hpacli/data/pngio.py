@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,32 +14,109 @@ from PIL import Image, UnidentifiedImageError
 
 from ..classes import CHANNELS
 from ..errors import InputError
+from .ids import check_image_id
 
 MIN_SIZE = 16
+# Largest image decoded (pixels per channel): Pillow's own decompression-bomb limit
+# (about 9459x9459); HPA images are at most a few thousand pixels square.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def channel_paths(folder: Path, image_id: str, ext: str = "png") -> list[Path]:
+    """The four channel files of an image; the ID is checked first (no path escapes)."""
+    check_image_id(image_id)
     return [Path(folder) / f"{image_id}_{c}.{ext}" for c in CHANNELS]
 
 
+# Decoding modes a channel file may have. Palette and colour images are accepted only
+# when they hold grey levels (see read_channel).
+_GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"}
+_COLOUR_MODES = {"P", "PA", "LA", "La", "RGB", "RGBA", "RGBa"}
+
+
+def _opaque(alpha: np.ndarray) -> bool:
+    return bool(alpha.size == 0 or alpha.min() == (65535 if alpha.dtype == np.uint16 else 255))
+
+
+def _grey_from(im, path: Path) -> np.ndarray:
+    """A grey plane from a palette / grey+alpha / RGB(A) image: refused unless every
+    colour is a grey level and the image is fully opaque."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")  # palette indices -> the colours they stand for
+    arr = np.asarray(im)
+    if im.mode in ("LA", "La"):
+        grey, alpha = arr[..., 0], arr[..., 1]
+    else:
+        grey, alpha = arr[..., 0], (arr[..., 3] if arr.shape[-1] == 4 else None)
+        if not (np.array_equal(grey, arr[..., 1]) and np.array_equal(grey, arr[..., 2])):
+            raise InputError(f"{path.name} is a colour image ({mode}); expected one grayscale channel")
+    if alpha is not None and not _opaque(alpha):
+        raise InputError(f"{path.name} has transparent pixels ({mode}); expected one opaque grayscale channel")
+    return np.ascontiguousarray(grey)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, without decoding; None when not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as exc:
+        raise InputError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if len(head) == 24 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    return None
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise InputError(
+            f"{path.name} claims {w}x{h} pixels ({w * h / 1e6:.0f} Mpx) in its header, "
+            f"more than the {MAX_PIXELS / 1e6:.0f} Mpx hpacli decodes"
+        )
+
+
 def read_channel(path: Path) -> tuple[np.ndarray, int]:
-    """One channel as a 2-D array and its bit depth (8 or 16). Raises InputError."""
+    """One channel as a 2-D array and its bit depth (8 or 16). Raises InputError.
+
+    The file must really be a PNG (a JPEG or TIFF renamed ``.png`` is refused, naming
+    what it is), claim at most :data:`MAX_PIXELS` pixels in its header (checked before
+    decoding), and hold grey levels: palette images are mapped through their palette,
+    grey+alpha and RGB(A) files are accepted when opaque and grey.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing channel file {path.name}")
+    size = _png_header_size(path)
+    if size is not None:
+        _check_pixels(path, *size)  # before Pillow sees it: no decompression-bomb warning or error
     try:
         with Image.open(path) as im:
+            if im.format != "PNG":
+                raise InputError(
+                    f"{path.name} is a {im.format or 'non-PNG'} file, not a PNG (renamed?); "
+                    f"convert it to PNG (JPEG is lossy: its pixels differ from the original)"
+                )
+            _check_pixels(path, *im.size)
             im.load()
             mode = im.mode
-            arr = np.asarray(im)
+            if mode in _GREY_MODES:
+                arr = np.asarray(im)
+            elif mode in _COLOUR_MODES:
+                arr = _grey_from(im, path)
+            else:
+                raise InputError(f"{path.name} has image mode {mode}; expected one grayscale channel")
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(f"{path.name} claims more than {MAX_PIXELS / 1e6:.0f} Mpx in its header; "
+                         f"hpacli decodes at most that") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"unreadable or truncated image {path.name}: {exc}") from None
-    if arr.ndim == 3:
-        # an RGB(A) file holding a grayscale channel: accept only if all colour planes agree
-        planes = arr[..., :3]
-        if not (np.array_equal(planes[..., 0], planes[..., 1]) and np.array_equal(planes[..., 0], planes[..., 2])):
-            raise InputError(f"{path.name} is a colour image ({mode}); expected one grayscale channel")
-        arr = planes[..., 0]
     if arr.ndim != 2:
         raise InputError(f"{path.name} has shape {arr.shape}; expected a 2-D grayscale image")
     if arr.dtype == np.uint8:

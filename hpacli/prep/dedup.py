@@ -311,7 +311,8 @@ def run_dedup(
     ``source``: ``cache`` hashes the pixel cache (a downscale made by ingest; pHash resizes
     to 32×32 anyway, so a cache of 128 px or more gives nearly the same bits as the PNGs,
     at a fraction of the cost), ``png`` the full-resolution PNGs, ``auto`` the cache when
-    the store has one. Test images are hashed too (train/test duplicates are reported).
+    the store has one with every image's row present (else the PNGs). Rows without a
+    cache marker are never hashed: ``cache`` with such rows is refused. Test images are hashed too (train/test duplicates are reported).
     Returns a summary dict.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -331,12 +332,19 @@ def run_dedup(
     if method not in ("auto", "index", "brute"):
         raise HpaError(f"--method must be auto, index or brute, not {method!r}")
     cache_size = images.cache_size
-    if source == "auto":
-        source = "cache" if cache_size else "png"
-    if source not in ("cache", "png"):
+    if source not in ("auto", "cache", "png"):
         raise HpaError(f"--source must be auto, cache or png, not {source!r}")
+    n_uncached = int((~images.cache_present()).sum()) if cache_size else n
+    if source == "auto":
+        source = "cache" if cache_size and n_uncached == 0 else "png"
     if source == "cache" and not cache_size:
         raise HpaError("the store has no pixel cache; use --source png (or ingest with --cache-size)")
+    if source == "cache" and n_uncached:
+        raise HpaError(
+            f"{n_uncached} of {n} images have no pixels in the store's cache; run `hpa ingest` on the dataset "
+            f"again (it fills the cache), or use --source png"
+        )
+    cache_id = images.cache_id if source == "cache" else None
     if overwrite:
         store.delete(sd.GROUP)
     params = {"threshold": threshold, "source": source, "cache_size": cache_size if source == "cache" else None,
@@ -345,7 +353,7 @@ def run_dedup(
     progress = progress or NullProgress()
     try:
         hashes_arr, ok_arr, work = sd.ensure_hash_arrays(
-            store, n, HASH_BLOCK, source, cache_size if source == "cache" else None
+            store, n, HASH_BLOCK, source, cache_size if source == "cache" else None, cache_id
         )
         todo = work.todo()
         task = add_task(progress, "hash", sum(len(b) for b in todo), unit="img")
@@ -383,6 +391,7 @@ def run_dedup(
         run.finish("failed")
         raise
     summary = dedup_summary(store, group, pairs)
+    summary["source"] = f"cache ({cache_size}px)" if source == "cache" else "png"
     summary["n_unreadable"] = int((~ok).sum())
     summary["problems"] = problems[:1000]
     run.finish("done", **summary)
@@ -432,7 +441,9 @@ def _rgb_thumb(store, index: int, size: int) -> np.ndarray:
     from PIL import Image
 
     images = store.images
-    px = images.read_cache(index) if images.cache_size else images.read_image(index)
+    px = images.try_read_cache(index)
+    if px is None:
+        px = images.read_image(index)
     rgb = np.ascontiguousarray(np.transpose(px[:3], (1, 2, 0)))
     return np.asarray(Image.fromarray(rgb, mode="RGB").resize((size, size), Image.BILINEAR))
 

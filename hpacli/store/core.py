@@ -60,20 +60,7 @@ class Store:
                 raise StoreError(f"no store at {path}; create one with `hpa ingest DATA --store {path}`")
             if path.exists() and any(path.iterdir()):
                 raise StoreError(f"{path} exists and is not empty, and is not an hpacli store")
-            path.mkdir(parents=True, exist_ok=True)
-            root = zarr.open_group(str(path), mode="a", zarr_format=3)
-            from .. import __version__
-
-            root.attrs.update(
-                {
-                    "hpacli": {
-                        "schema": SCHEMA_NAME,
-                        "schema_version": SCHEMA_VERSION,
-                        "created_with": __version__,
-                    }
-                }
-            )
-            return root
+            self._create_root()
         try:
             meta = json.loads((path / "zarr.json").read_text())
         except (OSError, ValueError) as exc:
@@ -91,6 +78,31 @@ class Store:
             )
         zmode = "r" if self.mode == "r" else "r+"
         return zarr.open_group(str(path), mode=zmode, zarr_format=3)
+
+    def _create_root(self) -> None:
+        """Write a new store's root in a temporary folder beside it and rename it into place:
+        two processes creating the same store at once (two ``hpa ingest``) both end up
+        opening one complete store, never a half-written root."""
+        import shutil
+        import tempfile
+
+        from .. import __version__
+
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+        try:
+            root = zarr.open_group(str(tmp), mode="a", zarr_format=3)
+            root.attrs.update(
+                {"hpacli": {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "created_with": __version__}}
+            )
+            try:
+                os.rename(tmp, path)  # atomic; replaces an empty folder, fails on a filled one
+            except OSError:
+                if not (path / "zarr.json").exists():  # not another process's store either
+                    raise StoreError(f"cannot create the store at {path}: it exists and is not an hpacli store") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @property
     def schema_version(self) -> int:

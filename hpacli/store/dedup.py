@@ -2,7 +2,7 @@
 
 Layout (group ``dedup``, provenance of the ``dedup`` stage):
 ``hashes`` uint64 ``[N, 3]``: pHash of the red, green and blue channel of each image
-(attrs: ``source`` = cache | png, ``cache_size``); ``ok`` bool ``[N]``: the image could be
+(attrs: ``source`` = cache | png, ``cache_size``, ``cache_id`` of the cache hashed); ``ok`` bool ``[N]``: the image could be
 read and hashed; ``_done``: BlockWork markers of the hashing.
 Written at the end of each run (replaced as a whole): ``group`` int64 ``[N]`` (the
 duplicate group of each image, named by its smallest member's row; an image without
@@ -26,16 +26,19 @@ def has_hashes(store) -> bool:
     return store.has(f"{GROUP}/hashes")
 
 
-def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int | None):
+def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int | None,
+                       cache_id: str | None = None):
     """Open (or create) the hash arrays for ``n`` images. Hashes made from another source
-    (cache vs png, another cache size) are discarded. If the table grew since the last run,
-    the block that held the old last image is hashed again (it was only partly filled)."""
+    (cache vs png, another cache size, another cache: ``cache_id``) are discarded. If the
+    table grew since the last run, the block that held the old last image is hashed again
+    (it was only partly filled)."""
     from .work import BlockWork
 
     key = f"{GROUP}/hashes"
     if store.has(key):
         attrs = store.attrs(key)
         same = attrs.get("source") == source and attrs.get("cache_size") == cache_size
+        same = same and attrs.get("cache_id") == cache_id
         same = same and int(attrs.get("block", -1)) == block
         if not same:
             for name in ("hashes", "ok", "_done"):
@@ -43,7 +46,7 @@ def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int |
     old_n = int(store.attrs(key).get("n_images", 0)) if store.has(key) else 0
     hashes = store.ensure_array(
         key, (n, N_HASH_CHANNELS), "uint64", (block, N_HASH_CHANNELS), encoding="phash64-rgb",
-        attrs={"source": source, "cache_size": cache_size, "block": block,
+        attrs={"source": source, "cache_size": cache_size, "cache_id": cache_id, "block": block,
                "hash": "imagehash.phash: 8x8 low frequencies of a 32x32 DCT, bit 63 first",
                "channels": ["red", "green", "blue"]},
     )

@@ -23,8 +23,9 @@ def command(
         str, typer.Option("--method", help="Pair search: auto, index (multi-index hashing), brute (all pairs).")
     ] = "auto",
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="CSV of the pairs; a PNG of a few pairs is written beside it.")
-    ] = Path("duplicates.csv"),
+        Path | None, typer.Option("--out", "-o", help="CSV of the pairs; a PNG of a few pairs is written beside "
+                                  "it. Default: <store>-duplicates.csv beside the store.")
+    ] = None,
     workers: WorkersOpt = 2,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
@@ -32,22 +33,34 @@ def command(
     """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold."""
     from rich.table import Table
 
+    from ...errors import InputError
     from ...prep.dedup import pairs_frame, pairs_png, run_dedup
     from ...progress import console, make_progress
     from ...store import open_store
     from ...store.dedup import read_groups, read_pairs
+    from ..paths import check_output_file
 
     open_store(store, "r")  # a clear error when there is no store (never create one here)
+    if out is None:
+        out = store.parent / f"{store.name}-duplicates.csv"
+    if out.suffix.lower() == ".png":
+        raise InputError(f"--out {out}: give the CSV's name (the PNG of pairs is written beside it as .png)")
+    check_output_file(out, "--out")
+    check_output_file(out.with_suffix(".png"), "--out (the PNG beside it)")
     st = open_store(store, "a")
     with make_progress(disable=quiet) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress)
     pairs, dist = read_pairs(st)
     group = read_groups(st, require_all=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pairs_frame(st, pairs, dist, group).to_csv(out, index=False)
     png = out.with_suffix(".png")
-    drawn = pairs_png(st, pairs, dist, png)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pairs_frame(st, pairs, dist, group).to_csv(out, index=False)
+        drawn = pairs_png(st, pairs, dist, png)
+    except OSError as exc:  # checked above; a full disk or a race can still fail here
+        raise InputError(f"the duplicate groups are stored, but writing {out} failed: {exc.strerror or exc}; "
+                         f"rerun `hpa dedup` with another --out") from None
 
     table = Table(title=f"duplicates (distance <= {threshold} in R, G and B)")
     table.add_column("")
@@ -59,6 +72,7 @@ def command(
                        ("cross-source pairs", "cross_source_pairs")):
         table.add_row(label, f"{summary[key]:,}")
     console.print(table)
+    console.print(f"hashed from: {summary['source']}")
     if summary.get("problems"):
         from ..render import problems_table
 
