@@ -466,7 +466,7 @@ def test_train_cell_refuses_a_selection_neither_reviewed_nor_accepted(review_sto
     with pytest.raises(HpaError, match="hpa review"):
         TC.assemble_targets(store, RUN, selection="mitotic")
     D.ensure_review(store, RUN, "mitotic")  # a review with no decision yet
-    with pytest.raises(HpaError, match="neither reviewed nor accepted"):
+    with pytest.raises(HpaError, match="not accepted and not reviewed"):
         TC.assemble_targets(store, RUN, selection="mitotic")
 
 

@@ -72,7 +72,7 @@ def read_selection(store, name: str, run: str) -> tuple[np.ndarray, np.ndarray]:
     got = D.selection_positives(store, run, name)  # accepted, or the cells accepted in `hpa review`
     if got is None:
         raise HpaError(
-            f"selection {name!r} of {run!r} is neither reviewed nor accepted: review it with "
+            f"selection {name!r} of {run!r} is not accepted and not reviewed yet: review it with "
             f"`hpa review --run {run} --selection {name}` or import a reviewed CSV with "
             f"`hpa select-mitotic --run {run} --name {name} --accept REVIEWED.csv`"
         )
