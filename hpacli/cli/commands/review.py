@@ -55,19 +55,26 @@ def command(
     c = session.states()["counts"]
     console.print(f"reviewing selection {selection!r} of {run!r}: {c['total']} cell(s), {c['reviewed']} reviewed "
                   f"so far; class {session.cls} ({session.meta()['class_name']})", highlight=False)
-    # the URL alone on stdout (scripts read it); the rest goes to stderr
-    typer.echo(server.url)
-    console.print("keys: a accept, r reject, s skip, u undo, j/k next/previous; Ctrl-C stops", highlight=False)
-    if open_browser:
-        import webbrowser
+    import signal
 
-        webbrowser.open(server.url)
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # `kill` ends it as Ctrl-C does
     try:
+        # the URL alone on stdout (scripts read it); the rest goes to stderr
+        typer.echo(server.url)
+        console.print("keys: a accept, r reject, s skip, u undo, j/k next/previous; Ctrl-C stops", highlight=False)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(server.url)
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        signal.signal(signal.SIGTERM, previous)
     c = D.review_counts(session.states()["state"])
     console.print(f"stopped: {c['reviewed']} of {c['total']} reviewed ({c['accepted']} accepted, {c['rejected']} "
                   f"rejected, {c['skipped']} skipped); the decisions are in the store", highlight=False)
