@@ -425,6 +425,13 @@ def test_page_in_headless_chromium_keyboard_reload_store_and_train_cell(served, 
         assert page.evaluate("[...document.querySelectorAll('#list .item')].map(e => e.dataset.state)") == \
             ["accepted", "accepted"]
         page.press("1")
+        page.press("o")  # sort: score, low first
+        assert page.evaluate("hpaReview.order()") == order[::-1]
+        page.press("o")
+        page.press("o")
+        page.press("o")
+        page.press("o")  # round the five orders, back to score, high first
+        assert page.evaluate("hpaReview.order()") == order
         # the cell's accepted neighbours are shown
         nb = json.loads(request(server, "GET", "/api/cells")[2])["cells"]
         with_acc = [c["i"] for c in nb if set(c["nb"]) & {order[0], order[1]}]

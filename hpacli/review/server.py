@@ -132,7 +132,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if not self.path.startswith("/"):
             raise RequestError(HTTPStatus.BAD_REQUEST, "bad request target")
         parts = urlsplit(self.path)
-        query = parse_qs(parts.query, max_num_fields=8)
+        try:
+            query = parse_qs(parts.query, max_num_fields=8)
+        except ValueError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "too many query fields") from None
         token = self.headers.get(TOKEN_HEADER) or (query.get("t") or [""])[0]
         if not hmac.compare_digest(token.encode(), self.server.token.encode()):
             raise RequestError(HTTPStatus.FORBIDDEN, "missing or wrong token: open the URL that `hpa review` printed")
