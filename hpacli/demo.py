@@ -206,7 +206,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
         sel = run_select(st, run="oof", cls=MITOTIC_SPINDLE, top=0, name="mitotic", out_dir=out / "selection",
                          known="outliers", per_image=s.select_per_image, neighbours=s.select_neighbours,
                          min_hits=s.select_min_hits)
-        # the demo accepts the selection as it is (a person would review the gallery first)
+        # the demo accepts the selection as it is; a person would review it first, in `hpa review`
+        log(f"select-mitotic: a person would review these cells now: hpa review --store {store_path} --run oof")
         accepted = run_accept(st, "oof", sel.csv, name="mitotic") if sel.csv is not None else 0
         return {"selected": int(len(sel.cells)), "accepted": int(accepted), "counts": sel.counts,
                 "gallery": str(sel.gallery) if sel.gallery else None}

@@ -7,8 +7,8 @@ done only after its rows are written, so a killed run redoes at most the fold in
 (the computation is deterministic for a given seed: same result).
 
 ``run_select`` applies the selection rules to the stored Y_opt, writes the selection into
-the store, a CSV (ID, cell index, scores) and a PNG gallery; ``run_accept`` imports a
-reviewed CSV as the final selection.
+the store, a CSV (ID, cell index, scores) and a PNG gallery; ``run_accept`` makes the
+final selection from a reviewed CSV or from the decisions made in ``hpa review``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
 
 # ----------------------------------------------------------------------------- select
 KNOWN_RULES = ("y-init", "outliers")
+FLAG_SCORE, FLAG_OUTLIER, FLAG_NEIGHBOUR = 1, 2, 4  # which rule proposed a selected cell (bit flags)
 
 
 @dataclass
@@ -186,6 +187,12 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
     if not 0 <= cls < y_opt.shape[1] - 1:
         raise HpaError(f"--class must be 0..{y_opt.shape[1] - 2}, got {cls}")
     picked: list[np.ndarray] = []
+    flag_of: dict[int, int] = {}  # cell row -> bit flags of the rules that picked it (FLAG_*)
+
+    def mark(rows, flag):
+        for r in np.asarray(rows).tolist():
+            flag_of[int(r)] = flag_of.get(int(r), 0) | flag
+
     counts: dict = {"per_fold": {}}
     knn = layout.read_knn(store, run) if neighbours else None
     if known == "outliers":
@@ -203,9 +210,11 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
         else:
             idx = sel.select_threshold(yi, yo, cls, init_below, opt_frac)
         chosen = rows[idx]
+        mark(chosen, FLAG_SCORE)
         pos = known_rows[fold[known_rows] == f]
         fold_counts["known"] = int(len(pos))
         if known == "outliers":
+            mark(pos, FLAG_OUTLIER)
             chosen = np.concatenate([chosen, np.setdiff1d(pos, chosen)])
         if neighbours:
             if (knn[pos] < 0).any():
@@ -213,6 +222,7 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
             nb, _ = sel.select_neighbours(knn, pos, neighbours, min_hits)
             nb = nb[(fold[nb] == f) & (y_init[nb, cls] < init_below)]
             fold_counts["neighbours"] = int(len(nb))
+            mark(nb, FLAG_NEIGHBOUR)
             chosen = np.concatenate([chosen, np.setdiff1d(nb, chosen)])
         counts["per_fold"][int(f)] = fold_counts
         picked.append(chosen)
@@ -228,10 +238,15 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
     for key_ in ("threshold", "top", "neighbours", "below_bound", "known"):
         vals = [v.get(key_) for v in counts["per_fold"].values() if v.get(key_) is not None]
         counts[key_] = int(sum(vals)) if vals else None
+    flags = {str(FLAG_SCORE): (f"one of the {top} highest Y_opt of its fold (Y_init < {init_below})"
+                               if top is not None else f"Y_init < {init_below} and Y_opt >= {opt_frac} x fold max"),
+             str(FLAG_OUTLIER): f"one of the {per_image} cell(s) least like the rest of its labelled image",
+             str(FLAG_NEIGHBOUR): f"among the first {neighbours} neighbours of >= {min_hits} known positives"}
+    proposed = np.array([flag_of.get(int(c), 0) for c in cells], dtype=np.uint8)
     attrs = {"class": int(cls), "rule": rule, "init_below": init_below, "opt_frac": opt_frac, "top": top,
              "neighbours": neighbours, "min_hits": min_hits, "known": known, "per_image": per_image,
              "counts": counts, "accepted": False}
-    layout.write_selection(store, run, name, cells, scores, attrs)
+    layout.write_selection(store, run, name, cells, scores, attrs, proposed_by=proposed, flags=flags)
     csv = png = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -264,7 +279,8 @@ def _outlier_known(store, run: str, cls: int, ok: np.ndarray, per_image: int) ->
     return rows[sel.outlier_positives(score, image[rows], per_image)]
 
 
-def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np.ndarray) -> None:
+def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np.ndarray,
+              extra: dict | None = None) -> None:
     import pandas as pd
 
     from ..store.cells import CellTable
@@ -276,8 +292,31 @@ def write_csv(store, path: Path, cells: np.ndarray, scores: np.ndarray, fold: np
     pd.DataFrame({
         "ID": ids, "cell_index": table.column("cell_id")[cells], "row": cells, "fold": fold[cells],
         "y_init": np.round(scores[:, 0], 5), "y_opt": np.round(scores[:, 1], 5),
-        "y_opt_scaled": np.round(scores[:, 2], 5),
+        "y_opt_scaled": np.round(scores[:, 2], 5), **(extra or {}),
     }).to_csv(path, index=False)
+
+
+def stretch_protein(g: np.ndarray) -> np.ndarray:
+    """float32 0..255: the protein (green) channel scaled so its 99.5th percentile is white."""
+    g = np.asarray(g, dtype=np.float32)
+    top = max(float(np.percentile(g, 99.5)), 1.0) if g.size else 1.0
+    return np.clip(g * (255.0 / top), 0, 255)
+
+
+def crop_composite(crop: np.ndarray) -> np.ndarray:
+    """uint8 ``[h, w, 3]`` of an RGBY ``[4, h, w]`` crop: red = microtubules + yellow/2,
+    green = protein stretched (:func:`stretch_protein`), blue = nuclei."""
+    r, g, b, y = (np.asarray(crop[j], dtype=np.float32) for j in range(4))
+    rgb = np.stack([np.clip((r + y / 2) * 0.6, 0, 255), stretch_protein(g), np.clip(b * 0.8, 0, 255)], axis=-1)
+    return rgb.astype(np.uint8)
+
+
+def fit_tile(img, tile: int):
+    """A PIL image scaled (bilinear, aspect kept) so that its longer side is ``tile``."""
+    from PIL import Image
+
+    scale = tile / max(img.size)
+    return img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
 
 
 def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile: int = 128, cols: int = 10) -> None:
@@ -305,14 +344,7 @@ def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile
                 cache[im] = (pix, resize_nearest(lab, pix.shape[1:]))
             pix, lab = cache[im]
             crop = masked_crop(pix, lab, int(cell_id[c]), bbox[c])
-            r, g, b, y = (crop[j].astype(np.float32) for j in range(4))
-            top = max(float(np.percentile(g, 99.5)), 1.0)  # stretch the protein channel so it shows
-            g = np.clip(g * (255.0 / top), 0, 255)
-            rgb = np.stack([np.clip((r + y / 2) * 0.6, 0, 255), g, np.clip(b * 0.8, 0, 255)], axis=-1)
-            thumb = Image.fromarray(rgb.astype(np.uint8))
-            scale = tile / max(thumb.size)
-            thumb = thumb.resize((max(1, round(thumb.size[0] * scale)), max(1, round(thumb.size[1] * scale))),
-                                 Image.BILINEAR)
+            thumb = fit_tile(Image.fromarray(crop_composite(crop)), tile)
         except (HpaError, OSError, ValueError, IndexError, KeyError) as exc:  # reported on the tile
             thumb = Image.new("RGB", (tile, tile), (80, 0, 0))
             ImageDraw.Draw(thumb).text((4, 4), f"unreadable:\n{str(exc)[:40]}", fill=(255, 255, 255))
@@ -322,44 +354,69 @@ def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile
     sheet.save(path)
 
 
-def run_accept(store, run: str, csv: Path, name: str = "mitotic") -> int:
-    """Import a reviewed CSV (rows kept = accepted) as the final selection; returns its size."""
+def run_accept(store, run: str, csv: Path | str | None, name: str = "mitotic") -> int:
+    """Make the final selection ``name``: from a reviewed CSV (rows kept = accepted; with a
+    ``decision`` column, as ``hpa review --export`` writes, the rows whose decision is
+    ``accepted``) or, with ``csv=None``, from the decisions made in ``hpa review``
+    (the cells accepted there). Returns its size."""
     import pandas as pd
 
     from ..store import denoise as layout
     from ..store.cells import CellTable
 
-    path = Path(csv)
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
     table = CellTable(store)
-    if "row" in df.columns:
-        cells = df["row"].to_numpy(dtype=np.int64)
-    elif {"ID", "cell_index"} <= set(df.columns):
-        img = store.images.index_of(df["ID"].astype(str).to_numpy())
-        starts = table.offsets()[img]
-        stops = table.offsets()[img + 1]
-        ids = table.column("cell_id")
-        cells = []
-        for s, e, cid in zip(starts, stops, df["cell_index"].to_numpy()):
-            hit = np.flatnonzero(ids[s:e] == cid)
-            if not len(hit):
-                raise InputError(f"{path}: cell {cid} is not in its image")
-            cells.append(s + int(hit[0]))
-        cells = np.asarray(cells, dtype=np.int64)
+    details = layout.read_selection_details(store, run, name) if layout.has_selection(store, run, name) else None
+    old = details["attrs"] if details is not None else {}
+    if csv is None:
+        review = layout.read_review(store, run, name) if details is not None else None
+        if review is None:
+            raise HpaError(f"selection {name!r} of {run!r} has no review decisions; review it with "
+                           f"`hpa review --run {run} --selection {name}` first")
+        cells = review["cells"][review["state"] == layout.ACCEPTED]
+        source = "hpa review"
     else:
-        raise InputError(f"{path} needs a 'row' column or 'ID' and 'cell_index' columns")
-    if len(cells) and (cells.min() < 0 or cells.max() >= table.n):
-        raise InputError(f"{path}: cell rows outside 0..{table.n - 1}")
+        path = Path(csv)
+        source = str(path)
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        if "decision" in df.columns:
+            df = df[df["decision"].astype(str).str.strip().str.lower() == "accepted"]
+        if "row" in df.columns:
+            cells = df["row"].to_numpy(dtype=np.int64)
+        elif {"ID", "cell_index"} <= set(df.columns):
+            img = store.images.index_of(df["ID"].astype(str).to_numpy())
+            starts = table.offsets()[img]
+            stops = table.offsets()[img + 1]
+            ids = table.column("cell_id")
+            cells = []
+            for s, e, cid in zip(starts, stops, df["cell_index"].to_numpy()):
+                hit = np.flatnonzero(ids[s:e] == cid)
+                if not len(hit):
+                    raise InputError(f"{path}: cell {cid} is not in its image")
+                cells.append(s + int(hit[0]))
+            cells = np.asarray(cells, dtype=np.int64)
+        else:
+            raise InputError(f"{path} needs a 'row' column or 'ID' and 'cell_index' columns")
+        if len(cells) and (cells.min() < 0 or cells.max() >= table.n):
+            raise InputError(f"{path}: cell rows outside 0..{table.n - 1}")
+    cells = np.asarray(cells, dtype=np.int64)
     data = layout.read(store, run)
-    _, old = layout.read_selection(store, run, name) if store.has(
-        f"{layout.run_key(run)}/selections/{name}/cells") else (None, {})
     cls = int(old.get("class", sel.MITOTIC_SPINDLE))
     yi, yo, scaled = _scores(np.nan_to_num(data["y_init"], nan=1.0), np.nan_to_num(data["y_opt"], nan=0.0),
                              data["fold"].astype(np.int64), cls)
     scores = np.stack([yi[cells], yo[cells], scaled[cells]], axis=1) if len(cells) else np.zeros((0, 3))
+    proposed = flags = None
+    if details is not None and details["flags"]:
+        by_row = dict(zip(details["cells"].tolist(), details["proposed_by"].tolist()))
+        proposed = np.array([by_row.get(int(c), 0) for c in cells], dtype=np.uint8)
+        flags = details["flags"]
     layout.write_selection(store, run, name, cells, scores,
-                           {**old, "class": cls, "accepted": True, "accepted_from": str(path)})
+                           {**old, "class": cls, "accepted": True, "accepted_from": source},
+                           proposed_by=proposed, flags=flags)
+    review = layout.read_review(store, run, name)
+    if review is not None:  # the kept cells are accepted, whatever an earlier review said
+        todo = np.flatnonzero(review["state"] != layout.ACCEPTED)
+        layout.write_decisions(store, run, name, todo, "accepted", who=f"--accept {source}")
     return int(len(cells))

@@ -69,12 +69,14 @@ def read_selection(store, name: str, run: str) -> tuple[np.ndarray, np.ndarray]:
     from ..store import denoise as D
 
     _check_denoise_current(store, run)
-    rows, attrs = D.read_selection(store, run, name)
-    if not attrs.get("accepted"):
+    got = D.selection_positives(store, run, name)  # accepted, or the cells accepted in `hpa review`
+    if got is None:
         raise HpaError(
-            f"selection {name!r} of {run!r} is not accepted yet: review its CSV and import it with "
+            f"selection {name!r} of {run!r} is not accepted and not reviewed yet: review it with "
+            f"`hpa review --run {run} --selection {name}` or import a reviewed CSV with "
             f"`hpa select-mitotic --run {run} --name {name} --accept REVIEWED.csv`"
         )
+    rows, attrs = got[0], got[1]["attrs"]
     if "class" not in attrs:
         raise StoreError(f"selection {name!r} of {run!r} names no class")
     rows = np.asarray(rows, dtype=np.int64)

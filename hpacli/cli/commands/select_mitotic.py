@@ -27,8 +27,10 @@ def command(
                                            "image with --known outliers.")] = 1,
     name: Annotated[str, typer.Option("--name", help="Name of the selection in the store.")] = "mitotic",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CSV and the PNG gallery.")] = Path("."),
-    accept: Annotated[Path | None, typer.Option("--accept", help="Import a reviewed CSV (rows kept = accepted) "
-                                                "as the final selection.")] = None,
+    accept: Annotated[str | None, typer.Option("--accept", metavar="CSV|review",
+                                               help="Make the final selection: from a reviewed CSV (rows kept = "
+                                               "accepted, or its 'decision' column), or 'review' = the cells "
+                                               "accepted in `hpa review`.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Select cells with Y_init below the bound and a high de-noised Y_opt; CSV + gallery to review."""
@@ -38,8 +40,10 @@ def command(
 
     st = open_store(store, "a")
     if accept is not None:
-        n = run_accept(st, run, accept, name)
-        console.print(f"accepted {n} cell(s) from {accept} as selection {name!r} of {run!r}")
+        from_review = accept == "review"
+        n = run_accept(st, run, None if from_review else Path(accept), name)
+        console.print(f"accepted {n} cell(s) from {'hpa review' if from_review else accept} "
+                      f"as selection {name!r} of {run!r}")
         return
     res = run_select(st, run, cls, init_below, opt_frac, top, neighbours, min_hits, name=name, out_dir=out,
                      known=known, per_image=per_image)

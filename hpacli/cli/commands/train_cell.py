@@ -31,8 +31,8 @@ def command(
     ] = "default",
     selection: Annotated[
         str | None,
-        typer.Option("--selection", help="Accepted selection (`hpa select-mitotic ... --accept`): its cells get 1 "
-                     "for its class."),
+        typer.Option("--selection", help="Reviewed (`hpa review`) or accepted (`hpa select-mitotic ... --accept`) "
+                     "selection: its accepted cells get 1 for its class."),
     ] = None,
     targets: Annotated[
         str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage.")
