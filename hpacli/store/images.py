@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
+from .core import COVER_COMMITTED as COMMITTED
 
 GROUP = "images"
 ROW_CHUNK = 4096
@@ -56,6 +57,7 @@ class ImageTable:
         n = self.n
         if n == 0:
             return np.zeros(0, dtype=object)
+        self.store.require_rows(f"{GROUP}/{name}", (0, n))
         return plain_strings(np.asarray(self.store.array(f"{GROUP}/{name}")[:n]))
 
     def ids(self) -> np.ndarray:
@@ -65,6 +67,7 @@ class ImageTable:
         n = self.n
         if n == 0:
             return np.zeros((0, N_CLASSES), dtype=np.uint8)
+        self.store.require_rows(f"{GROUP}/labels", (0, n))
         return np.asarray(self.store.array(f"{GROUP}/labels")[:n])
 
     def df(self) -> pd.DataFrame:
@@ -78,6 +81,7 @@ class ImageTable:
         return pd.DataFrame(data)
 
     def paths(self, index: int) -> list[Path]:
+        self.store.require_rows(f"{GROUP}/paths", (int(index), int(index) + 1))
         rel = np.asarray(self.store.array(f"{GROUP}/paths")[index])
         root = self.data_root
         return [root / str(p) for p in rel.tolist()]
@@ -115,11 +119,14 @@ class ImageTable:
             s.update_attrs(GROUP, {"encoding": "hpacli-images", "encoding_version": 1, "n": 0})
             group_attrs = s.attrs(GROUP)
         for name in COLUMNS_STR:
-            s.ensure_array(f"{GROUP}/{name}", (total,), str, (ROW_CHUNK,), encoding="utf8-string")
+            s.ensure_array(f"{GROUP}/{name}", (total,), str, (ROW_CHUNK,), encoding="utf8-string", coverage=COMMITTED)
         for name, dtype in COLUMNS_INT.items():
-            s.ensure_array(f"{GROUP}/{name}", (total,), dtype, (ROW_CHUNK,), encoding=f"{dtype}-column")
-        s.ensure_array(f"{GROUP}/labels", (total, N_CLASSES), "uint8", (ROW_CHUNK, N_CLASSES), encoding="multi-hot")
-        s.ensure_array(f"{GROUP}/paths", (total, 4), str, (ROW_CHUNK, 4), encoding="relative-path-rgby")
+            s.ensure_array(f"{GROUP}/{name}", (total,), dtype, (ROW_CHUNK,), encoding=f"{dtype}-column",
+                            coverage=COMMITTED)
+        s.ensure_array(f"{GROUP}/labels", (total, N_CLASSES), "uint8", (ROW_CHUNK, N_CLASSES), encoding="multi-hot",
+                        coverage=COMMITTED)
+        s.ensure_array(f"{GROUP}/paths", (total, 4), str, (ROW_CHUNK, 4), encoding="relative-path-rgby",
+                        coverage=COMMITTED)
         if cache_size:
             existing = self.cache_size
             if existing is not None and existing != cache_size:
