@@ -40,7 +40,9 @@ def prepare(store, run: str, n_cells: int, k: int, attrs: dict, overwrite: bool 
         store.delete(key)
     elif store.has(f"{key}/y_opt"):
         old = store.attrs(key)
-        for name in ("cells_table_id", "denoiser", "params", "cell_folds"):
+        for name in ("cells_table_id", "denoiser", "params", "cell_folds", "cell_folds_id"):
+            if name == "cell_folds_id" and name not in old:  # written by an older hpacli
+                continue
             if old.get(name) != attrs.get(name):
                 raise StoreError(
                     f"de-noised labels for {run!r} exist with other {name.replace('_', ' ')}; "
@@ -94,21 +96,45 @@ def info(store, run: str) -> dict:
     return dict(store.attrs(_require(store, run)))
 
 
+def check_current(store, run: str) -> dict:
+    """The run's attributes; StoreError when it was made for another cells table, or with
+    cell folds that were made again since (its Y_opt and folds would not match them)."""
+    from .cells import CellTable
+    from .folds import check_cell_folds_current
+
+    attrs = info(store, run)
+    redo = f"run `hpa denoise --run {run} --overwrite`"
+    made_for = attrs.get("cells_table_id")
+    if made_for is not None and made_for != CellTable(store).table_id:
+        raise StoreError(f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); {redo}")
+    if attrs.get("cell_folds_id") is not None:
+        try:
+            check_cell_folds_current(store, attrs.get("cell_folds") or "default", attrs["cell_folds_id"])
+        except StoreError as exc:
+            raise StoreError(f"de-noised labels of {run!r} do not match the stored cell folds ({exc}); {redo}") from None
+    return attrs
+
+
+def selection_key(run: str, name: str) -> str:
+    return child_key(f"{run_key(run)}/selections", name, "selection")
+
+
 def write_selection(store, run: str, name: str, cells: np.ndarray, scores: np.ndarray, attrs: dict) -> None:
-    key = f"{_require(store, run)}/selections/{name}"
+    _require(store, run)
+    key = selection_key(run, name)
     store.delete(key)
     store.group(f"{run_key(run)}/selections", create=True)
     store.group(key, create=True)
     n = len(cells)
-    store.create_array(f"{key}/cells", (n,), "int64", (max(n, 1),), encoding="cell-rows", overwrite=True)[:] = \
+    store.create_array(f"{key}/cells", (n,), "int64", (max(n, 1),), encoding="cell-rows", overwrite=True, coverage="all")[:] = \
         np.asarray(cells, dtype=np.int64)
     store.create_array(f"{key}/scores", (n, 3), "float32", (max(n, 1), 3), encoding="selection-scores",
-                       overwrite=True)[:] = np.asarray(scores, dtype=np.float32).reshape(n, 3)
+                       overwrite=True, coverage="all")[:] = np.asarray(scores, dtype=np.float32).reshape(n, 3)
     store.update_attrs(key, {"encoding": "hpacli-selection", "encoding_version": 1, **attrs})
 
 
 def read_selection(store, run: str, name: str = "mitotic") -> tuple[np.ndarray, dict]:
-    key = f"{run_key(run)}/selections/{name}"
+    key = selection_key(run, name)
     if not store.has(f"{key}/cells"):
         raise StoreError(f"no selection {name!r} for {run!r}; run `hpa select-mitotic --run {run}`")
     return np.asarray(store.array(f"{key}/cells")[:]), dict(store.attrs(key))

@@ -32,13 +32,14 @@ def command(
     """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold."""
     from rich.table import Table
 
+    from ...outpaths import check_out_file
     from ...prep.dedup import pairs_frame, pairs_png, run_dedup
     from ...progress import console, make_progress
     from ...store import open_store
     from ...store.dedup import read_groups, read_pairs
 
-    open_store(store, "r")  # a clear error when there is no store (never create one here)
-    st = open_store(store, "a")
+    check_out_file(out, "--out")  # before anything is stored
+    st = open_store(store, "r+")  # a clear error when there is no store (never create one here)
     with make_progress(disable=quiet) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress)

@@ -36,7 +36,7 @@ def command(
     from ...progress import console
     from ...store import open_store
 
-    st = open_store(store, "a")
+    st = open_store(store, "r+")  # never create a store here
     if accept is not None:
         n = run_accept(st, run, accept, name)
         console.print(f"accepted {n} cell(s) from {accept} as selection {name!r} of {run!r}")
