@@ -334,31 +334,34 @@ def test_lost_rows_follow_the_done_markers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- shard options
-def test_segment_shards_with_other_mask_scale_are_refused(tmp_path, tiny_dataset, cli):
+def test_segment_shards_with_other_mask_scale_are_refused(tmp_path, cli):
+    from hpacli.store import segmentation as sl
+    from tests.datasets import make_kaggle_dataset
+
+    data = make_kaggle_dataset(tmp_path / "data", n_train=20, n_test=0, size=48, seed=2)  # 2 blocks of 16
     s = tmp_path / "s.zarr"
-    assert cli(["ingest", tiny_dataset, "--store", s, "-q"]).exit_code == 0
+    assert cli(["ingest", data, "--store", s, "-q"]).exit_code == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hpacli.cli.app", "segment", "--store", str(s), "-q"]
     # two shards started at the same moment with different --mask-scale: exactly one runs
     procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2", "--mask-scale", scale], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i, scale in enumerate(("0.5", "1"))]
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2], outs
-    refused = outs[[p.returncode for p in procs].index(2)]
-    assert "mask_scale" in refused and "Traceback" not in refused
-    from hpacli.store import segmentation as sl
-
-    st = open_store(s, "r")
-    shapes = np.asarray(st.array("segment/mask_shape")[:])
-    done = sl.n_cells(st) >= 0
-    assert len({tuple(x) for x in shapes[done]}) == 1  # one mask size in the store
-    # a later shard with the same options as the first completes the store
-    winner = ("0.5", "1")[[p.returncode for p in procs].index(0)]
-    res = cli(["segment", "--store", s, "--shard", "1/2" if winner == "0.5" else "0/2", "--mask-scale", winner, "-q"])
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    refused = outs[codes.index(2)]
+    assert "mask_scale" in refused and "Traceback" not in refused and refused.count("error:") == 1
+    winner = ("0.5", "1")[codes.index(0)]
+    loser = ("0.5", "1")[codes.index(2)]
+    # later shards: the other options are refused, the same ones complete the store
+    one_line_error(cli(["segment", "--store", s, "--shard", f"{codes.index(2)}/2", "--mask-scale", loser, "-q"]),
+                   f"mask_scale {float(winner)} (now {float(loser)})", "--overwrite")
+    res = cli(["segment", "--store", s, "--shard", f"{codes.index(2)}/2", "--mask-scale", winner, "-q"])
     assert res.exit_code == 0, res.output
-    one_line_error(cli(["segment", "--store", s, "--postprocess", "exact", "--segmenter", "classical", "-q",
-                        "--mask-scale", "0.25"]), "mask_scale 0.5" if winner == "0.5" else "mask_scale 1.0")
+    st = open_store(s, "r")
+    assert (sl.n_cells(st) >= 0).all()
+    shapes = {tuple(x) for x in np.asarray(st.array("segment/mask_shape")[:])}
+    assert shapes == {(24, 24)} if winner == "0.5" else shapes == {(48, 48)}  # one mask size in the store
 
 
 def test_pseudolabel_shards_must_agree_on_folds_and_duplicates(tmp_path):
@@ -418,3 +421,37 @@ def test_train_out_at_a_file_is_one_line(tmp_path, cli):
                "--negatives", "all", "--epochs", "1", "--device", "cpu", "--workers", "0", "-q"])
     one_line_error(res, str(afile))
     assert afile.read_text() == "x"
+
+
+def test_info_check_reports_missing_and_bad_stamps(tmp_path, cli):
+    import json
+
+    st = open_store(tmp_path / "s.zarr", "a")
+    st.create_array("grp/a", (4,), "int8", (2,), encoding="t", coverage="all")[:] = 1
+    st.create_array("grp/b", (4,), "int8", (2,), encoding="t", coverage="all")[:] = 1
+    assert cli(["info", "--store", st.path, "--check"]).exit_code == 0
+    meta_path = tmp_path / "s.zarr" / "grp" / "b" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["encoding"]
+    meta["attributes"]["encoding_version"] = "one"
+    meta_path.write_text(json.dumps(meta))
+    res = cli(["info", "--store", st.path, "--check"])
+    one_line_error(res, "grp/b")
+    assert "no encoding stamp" in res.output and "bad encoding version" in res.output
+
+
+def test_predict_shards_with_other_options_are_refused(tmp_path, cli):
+    from tests.predict_store import make_truth_store
+    from tests.test_predict import cell_extra, save_model
+
+    store, _ = make_truth_store(tmp_path, n_train=1, n_test=3)
+    for f in range(2):
+        save_model(tmp_path / "runs" / f"fold{f}" / "best.pt", {**cell_extra(), "fold": f}, f)
+    models = str(tmp_path / "runs" / "fold*" / "best.pt")
+    base = ["predict", "--store", store.path, "--models", models, "--device", "cpu", "--workers", "0", "-q"]
+    assert cli([*base, "--shard", "0/2", "--tta", "id"]).exit_code == 0
+    before = tree(store.path)
+    one_line_error(cli([*base, "--shard", "1/2", "--tta", "id,hflip"]), "other settings", "views")
+    one_line_error(cli([*base, "--shard", "1/2", "--tta", "id", "--negative", "model"]), "negative")
+    assert tree(store.path) == before
+    assert cli([*base, "--shard", "1/2", "--tta", "id"]).exit_code == 0
