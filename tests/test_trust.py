@@ -455,3 +455,20 @@ def test_predict_shards_with_other_options_are_refused(tmp_path, cli):
     one_line_error(cli([*base, "--shard", "1/2", "--tta", "id", "--negative", "model"]), "negative")
     assert tree(store.path) == before
     assert cli([*base, "--shard", "1/2", "--tta", "id"]).exit_code == 0
+
+
+def test_lost_pseudolabel_rows_are_refused_not_read_as_missing(denoise_store, cli):
+    from hpacli.label.denoise import run_denoise
+    from hpacli.store import pseudolabels as pl
+
+    st, *_ = denoise_store
+    assert np.isfinite(pl.read_probs(st, "r")).all()
+    (st.path / "labels" / "r" / "embeddings" / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError, match="labels/r/embeddings has lost rows 100-199"):
+        run_denoise(st, "r", params=PARAMS, recall_sample=0)
+    (st.path / "labels" / "r" / "probs" / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError, match="labels/r/probs has lost rows 100-199"):
+        pl.read_probs(st, "r")
+    res = cli(["info", "--store", st.path, "--check"])
+    one_line_error(res, "labels/r/")
+    assert "labels/r/probs" in res.output and "labels/r/embeddings" in res.output

@@ -119,6 +119,8 @@ def _old_rows(store, key: str, block: int) -> dict | None:
         return None
     from .work import BlockWork
 
+    for name in ("probs", "image", "cell_id", "bbox"):
+        store.require_rows(f"{key}/{name}")
     probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
     image = np.asarray(store.array(f"{key}/image")[:])
     cell = np.asarray(store.array(f"{key}/cell_id")[:])
