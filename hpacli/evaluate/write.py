@@ -20,7 +20,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -192,9 +191,11 @@ def write_submission(store, predictions: str = "default", out="submission.csv", 
     """Write the submission CSV for the ``split`` images from ``predictions/<predictions>``;
     see the module doc. Raises HpaError when predictions are missing or the written file
     fails the check (``out`` is then left untouched)."""
+    from ..outpaths import check_out_file
     from ..progress import NullProgress, add_task
     from .submission import HEADER, check_submission
 
+    out = check_out_file(out, "--out")
     if isinstance(classes, str):
         classes = parse_classes(classes)
     classes = None if classes is None else sorted({int(c) for c in classes})
@@ -204,7 +205,6 @@ def write_submission(store, predictions: str = "default", out="submission.csv", 
         raise InputError("--min-conf must be between 0 and 1")
     t0 = time.perf_counter()
     jobs = _jobs(store, predictions, split, classes, min_conf)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = WriteSummary(out=str(out), images=len(jobs), classes=classes or list(range(N_CLASSES)))
     progress = progress or NullProgress()

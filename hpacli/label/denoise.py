@@ -58,7 +58,7 @@ def _fold_rows(store, run: str, cell_folds: str) -> tuple[np.ndarray, np.ndarray
     from ..store.folds import read_cell_folds
 
     pl.check_current(store, run)
-    fold = read_cell_folds(store, cell_folds)
+    fold = read_cell_folds(store, cell_folds)  # refused when made for another cells table
     labelled = pl.labelled_mask(store, run)
     if len(fold) != len(labelled):
         raise StoreError("the cell folds belong to another cells table; run `hpa fold --cells` again")
@@ -73,9 +73,8 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
     from ..registry import create_denoiser
     from ..store import BlockWork, begin_stage
     from ..store import denoise as layout
-    from ..store import pseudolabels as pl
     from ..store.cells import CellTable
-    from . import knn as knnmod
+    from ..store.folds import cell_folds_id
 
     params = dict(params or {})
     den = create_denoiser(denoiser, **params)
@@ -91,10 +90,27 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
             raise HpaError(f"--fold {f} does not exist: the cells are in folds 0..{n_folds - 1}")
     table_id = CellTable(store).table_id
     all_params = getattr(den, "params", params)
-    key = layout.prepare(store, run, len(fold), k, {"cells_table_id": table_id, "denoiser": denoiser,
-                                                    "params": all_params, "cell_folds": cell_folds},
-                         overwrite=overwrite)
-    stage = begin_stage(store, key, "denoise", {"run": run, "denoiser": denoiser, **all_params})
+    # one process per run at a time: folds share chunks (their rows interleave), so they are not shards
+    busy = f"another `hpa denoise --run {run}` is running on {store.path}; let it finish (it resumes folds one by one)"
+    with store.lock(f".hpa-denoise-{run}.lock", busy=busy):
+        key = layout.prepare(store, run, len(fold), k, {"cells_table_id": table_id, "denoiser": denoiser,
+                                                        "params": all_params, "cell_folds": cell_folds,
+                                                        "cell_folds_id": cell_folds_id(store, cell_folds)},
+                             overwrite=overwrite)
+        with begin_stage(store, key, "denoise", {"run": run, "denoiser": denoiser, **all_params}) as stage:
+            summary = _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, recall_sample,
+                                     progress)
+            stage.finish("done" if BlockWork(store, key, n_folds, 1).all_done() else "running",
+                         folds_done=summary.folds_done)
+    return summary
+
+
+def _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, recall_sample, progress):
+    from ..store import BlockWork
+    from ..store import denoise as layout
+    from ..store import pseudolabels as pl
+    from . import knn as knnmod
+
     work = BlockWork(store, key, n_folds, 1)
     done = work.done_mask()
     probs = pl.read_probs(store, run)
@@ -134,7 +150,6 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
         summary.folds_done.append(f)
         summary.cells[f] = int(len(rows))
         summary.diagnostics[f] = diag
-    stage.finish("done" if work.all_done() else "running", folds_done=summary.folds_done)
     return summary
 
 
@@ -172,10 +187,15 @@ def run_select(store, run: str = "default", cls: int = sel.MITOTIC_SPINDLE, init
     ``positive_at``, the seed's) or ``"outliers"`` (the ``per_image`` cells of each image
     labelled with ``cls`` that differ most from the rest of their image; these are selected
     themselves too). Known positives feed the neighbour rule when ``neighbours`` is given."""
+    from ..outpaths import check_out_dir
     from ..store import denoise as layout
 
     if known not in KNOWN_RULES:
         raise HpaError(f"--known must be one of {', '.join(KNOWN_RULES)}, not {known!r}")
+    layout.selection_key(run, name)  # a bad name, a bad folder or a stale run: refused before anything is written
+    if out_dir is not None:
+        out_dir = check_out_dir(out_dir, "--out")
+    layout.check_current(store, run)
 
     data = layout.read(store, run)
     fold = data["fold"].astype(np.int64)
@@ -364,6 +384,8 @@ def run_accept(store, run: str, csv: Path | str | None, name: str = "mitotic") -
     from ..store import denoise as layout
     from ..store.cells import CellTable
 
+    layout.selection_key(run, name)
+    layout.check_current(store, run)
     table = CellTable(store)
     details = layout.read_selection_details(store, run, name) if layout.has_selection(store, run, name) else None
     old = details["attrs"] if details is not None else {}

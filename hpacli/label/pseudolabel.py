@@ -284,6 +284,7 @@ def run_pseudolabel(
     from ..store.cells import CellTable
 
     store.require_writable()
+    run_key(run)  # a bad run name is refused before anything is loaded
     views = check_views(tuple(views))
     if batch_size < 1:
         raise HpaError("--batch-size must be at least 1")

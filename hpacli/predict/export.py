@@ -59,7 +59,9 @@ def prediction_frame(store, predictions: str = "default", images=None):
 
 def export_table(store, path, predictions: str = "default") -> int:
     """Write the per-cell table (CSV, or Parquet for ``*.parquet``); returns the row count."""
-    path = Path(path)
+    from ..outpaths import check_out_file
+
+    path = check_out_file(path, "--export")
     df = prediction_frame(store, predictions)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -84,16 +86,19 @@ def top_labels(probs: np.ndarray, k: int = 2, min_prob: float = 0.3) -> list[tup
 
 def write_overlays(store, out_dir, predictions: str = "default", n: int = 8, images=None,
                    min_side: int = 512) -> list[Path]:
-    """PNG overlays for the first ``n`` predicted images (or the given image indices)."""
+    """PNG overlays for the first ``n`` predicted images (or the given image indices), named
+    from the image IDs made safe (:func:`hpacli.outpaths.safe_file_name`): always inside
+    ``out_dir``, whatever the IDs hold."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from ..outpaths import check_out_dir, safe_file_name
     from ..segment.stage import overlay_png
     from ..store import predictions as P
     from ..store.cells import CellTable
     from ..store.segmentation import read_labels
 
     P.check_current(store, predictions)
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, "--overlay-dir")
     probs = P.read_probs(store, predictions)
     cells = CellTable(store)
     image = cells.column("image")
@@ -111,7 +116,7 @@ def write_overlays(store, out_dir, predictions: str = "default", n: int = 8, ima
         nuc, lab = read_labels(store, i)
         if lab.size == 0:
             continue
-        path = out_dir / f"{ids[i]}.png"
+        path = out_dir / safe_file_name(ids[i], ".png")
         overlay_png(store.images.read_image(i), nuc, lab, path)
         im = Image.open(path).convert("RGB")
         f = max(1, int(np.ceil(min_side / max(im.size))))

@@ -168,22 +168,18 @@ def run_fold(
     key = image_folds_key(name)
     params = {"n_splits": n_splits, "seed": seed, "duplicates": duplicates, "negatives": negatives,
               "stratify": "19 labels + public-image column", "n_images": int(images.n)}
-    run = begin_stage(store, key, "fold", params)
-    try:
+    with begin_stage(store, key, "fold", params) as run:
         write_image_folds(store, fold, name)
-    except BaseException:
-        run.finish("failed")
-        raise
-    dist = distribution(labels, fold, n_splits)
-    summary = {
-        "n_images": int(images.n),
-        "in_folds": int((fold >= 0).sum()),
-        "dropped_duplicates": int((eligible & (fold < 0)).sum()),
-        "excluded_negatives": excluded_negatives,
-        "test_or_unlabelled": int((~((df["split"].to_numpy() != "test") & df["labelled"].to_numpy())).sum()),
-        "distribution": dist,
-    }
-    run.finish("done", **summary)
+        dist = distribution(labels, fold, n_splits)
+        summary = {
+            "n_images": int(images.n),
+            "in_folds": int((fold >= 0).sum()),
+            "dropped_duplicates": int((eligible & (fold < 0)).sum()),
+            "excluded_negatives": excluded_negatives,
+            "test_or_unlabelled": int((~((df["split"].to_numpy() != "test") & df["labelled"].to_numpy())).sum()),
+            "distribution": dist,
+        }
+        run.finish("done", **summary)
     return summary
 
 
@@ -205,16 +201,11 @@ def run_cell_folds(store, *, n_splits: int = 3, seed: int = 42, name: str = "def
     fold = cell_folds(offsets, eligible, n_splits, seed)
     key = cell_folds_key(name)
     params = {"n_splits": n_splits, "seed": seed, "table_id": cells.table_id}
-    run = begin_stage(store, key, "fold-cells", params)
-    try:
-        write_cell_folds(store, fold, name)
-        store.update_attrs(key, {"table_id": cells.table_id})
-    except BaseException:
-        run.finish("failed")
-        raise
-    per_fold = [int((fold == k).sum()) for k in range(n_splits)]
-    counts = np.diff(offsets)
-    summary = {"n_cells": int(len(fold)), "in_folds": int((fold >= 0).sum()), "cells_per_fold": per_fold,
-               "single_cell_images": int(((counts == 1) & eligible).sum())}
-    run.finish("done", **summary)
+    with begin_stage(store, key, "fold-cells", params) as run:
+        write_cell_folds(store, fold, name, table_id=cells.table_id)
+        per_fold = [int((fold == k).sum()) for k in range(n_splits)]
+        counts = np.diff(offsets)
+        summary = {"n_cells": int(len(fold)), "in_folds": int((fold >= 0).sum()), "cells_per_fold": per_fold,
+                   "single_cell_images": int(((counts == 1) & eligible).sum())}
+        run.finish("done", **summary)
     return summary

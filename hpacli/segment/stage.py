@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HpaError, InputError, StoreError
+from ..outpaths import check_out_dir, safe_file_name
 from ..progress import NullProgress, add_task
-from ..store import BlockWork, Shard, begin_stage
+from ..store import BlockWork, Shard, begin_stage, claim_settings
 from ..store import segmentation as seglayout
 
 
@@ -67,6 +68,29 @@ def default_preview_dir(store) -> Path:
     return store.path.parent / f"{store.path.name}-segment-preview"
 
 
+def file_record(value):
+    """A weight file as it decides the output: its path, size and modification time."""
+    import os
+
+    try:
+        st = os.stat(value)
+    except (OSError, TypeError, ValueError):
+        return str(value)
+    return {"path": str(value), "bytes": int(st.st_size), "mtime": int(st.st_mtime)}
+
+
+def output_settings(segmenter: str, mask_scale, block_size: int, segmenter_kw: dict) -> dict:
+    """Every option that decides the stored masks: two shards (or a resumed run) must agree
+    on all of them. Device and batch size do not change the masks and are left out."""
+    out = {"segmenter": segmenter, "mask_scale": None if mask_scale is None else float(mask_scale),
+           "block_size": int(block_size)}
+    for k, v in sorted(segmenter_kw.items()):
+        if k in ("models", "device", "batch_size", "progress"):
+            continue
+        out[k] = file_record(v) if isinstance(v, Path) or (isinstance(v, str) and k.endswith("_model")) else v
+    return out
+
+
 def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), batch_size: int = 4,
                 device: str = "auto", preview: int = 0, progress=None, *, preview_dir=None,
                 mask_scale: float | None = None, block_size: int = seglayout.BLOCK, overwrite: bool = False,
@@ -84,18 +108,26 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
         raise InputError("--mask-scale must be in (0, 1]")
     if overwrite and shard.count > 1:
         raise InputError("--overwrite cannot be combined with --shard (start over once, then shard)")
-    old = (store.attrs(seglayout.GROUP).get("provenance") or {}).get("params", {})
-    if overwrite:
-        store.delete(seglayout.GROUP)
-    elif old and bool(np.any(seglayout.n_cells(store) >= 0)) and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
-        raise HpaError(
-            f"the store was segmented with --segmenter {old.get('segmenter')} (mask scale "
-            f"{old.get('mask_scale') or 'auto'}); continue with the same settings or pass --overwrite"
-        )
+    if block_size < 1:
+        raise InputError("the block size must be at least 1")
+    # everything is checked before anything in the store changes (--overwrite deletes)
+    if preview or preview_dir is not None:
+        preview_dir = check_out_dir(preview_dir or default_preview_dir(store), "--preview-dir")
     # build the segmenter first: a missing weight file must not leave a stage record behind
     seg = create_segmenter(segmenter, device=device, batch_size=batch_size, **segmenter_kw)
     kw_plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in segmenter_kw.items() if k != "models"}
     params = {"segmenter": segmenter, "mask_scale": mask_scale, "block_size": block_size, **kw_plain}
+    settings = output_settings(segmenter, mask_scale, block_size, segmenter_kw)
+    old = (store.attrs(seglayout.GROUP).get("provenance") or {}).get("params", {})
+    if overwrite:
+        store.delete(seglayout.GROUP)
+    elif old and "settings" not in store.attrs(seglayout.GROUP) and bool(np.any(seglayout.n_cells(store) >= 0)) \
+            and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
+        raise HpaError(  # a store segmented by an hpacli that kept no settings
+            f"the store was segmented with --segmenter {old.get('segmenter')} (mask scale "
+            f"{old.get('mask_scale') or 'auto'}); continue with the same settings or pass --overwrite"
+        )
+    claim_settings(store, seglayout.GROUP, settings, "the segmentation of this store")
     run = begin_stage(store, seglayout.GROUP, "segment", params)
 
     heights = np.asarray(store.array("images/height")[:n])
@@ -111,12 +143,10 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
         if b % shard.count != shard.index:
             continue
         blk = work.block(b)
-        if not done[b]:
-            todo.append((blk, list(range(blk.start, blk.stop))))
-        else:
-            missing = [i for i in range(blk.start, blk.stop) if counts[i] == seglayout.NOT_DONE]
-            if missing:
-                todo.append((blk, missing))
+        # images whose count is written have their labels (counts are written last)
+        missing = [i for i in range(blk.start, blk.stop) if counts[i] == seglayout.NOT_DONE]
+        if missing or not done[b]:
+            todo.append((blk, missing))
     total = sum(len(items) for _, items in todo)
     progress = progress or NullProgress()
     task = add_task(progress, f"segment [{segmenter}]", total, unit="img")
@@ -124,7 +154,6 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
     n_written = 0
     n_cells_found = 0
     previews = 0
-    preview_dir = Path(preview_dir) if preview_dir else default_preview_dir(store)
     t0 = time.perf_counter()
     ids = store.images.ids() if (todo and preview) else None
     try:
@@ -151,7 +180,7 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
                     results[i] = (nuc, cells)
                     n_cells_found += int(cells.max())
                     if previews < preview:
-                        overlay_png(img, nuc, cells, preview_dir / f"{ids[i]}.png")
+                        overlay_png(img, nuc, cells, preview_dir / safe_file_name(ids[i], ".png"))
                         previews += 1
                 progress.advance(task, len(part))
             seglayout.write_block(store, blk.start, blk.stop, results)

@@ -49,8 +49,10 @@ def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int |
         attrs={"source": source, "cache_size": cache_size, "cache_id": cache_id, "block": block,
                "hash": "imagehash.phash: 8x8 low frequencies of a 32x32 DCT, bit 63 first",
                "channels": ["red", "green", "blue"]},
+        coverage="done",
     )
-    ok = store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False)
+    ok = store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False,
+                           coverage="done")
     work = BlockWork(store, GROUP, n, block)
     if 0 < old_n < n and old_n % block:
         store.array(f"{GROUP}/_done")[old_n // block] = False
@@ -64,6 +66,8 @@ def read_hashes(store) -> tuple[np.ndarray, np.ndarray]:
     if not has_hashes(store):
         raise StoreError(f"the store {store.path} has no image hashes; {HINT}")
     n = int(store.attrs(f"{GROUP}/hashes").get("n_images", 0))
+    for name in ("hashes", "ok"):  # hashes of done blocks never read back as zeros
+        store.require_rows(f"{GROUP}/{name}")
     return (np.asarray(store.array(f"{GROUP}/hashes")[:n]).astype(np.uint64),
             np.asarray(store.array(f"{GROUP}/ok")[:n]).astype(bool))
 
@@ -74,15 +78,15 @@ def write_dedup_result(store, group: np.ndarray, pairs: np.ndarray, distances: n
     distances = np.asarray(distances, dtype=np.uint8).reshape(-1, N_HASH_CHANNELS)
     n, p = len(group), len(pairs)
     arr = store.create_array(f"{GROUP}/group", (n,), "int64", (65536,), encoding="duplicate-group-min-row",
-                             fill_value=-1, overwrite=True)
+                             fill_value=-1, overwrite=True, coverage="all")
     if n:
         arr[:] = group
     arr = store.create_array(f"{GROUP}/pairs", (p, 2), "int64", (65536, 2), encoding="duplicate-pairs",
-                             overwrite=True)
+                             overwrite=True, coverage="all")
     if p:
         arr[:] = pairs
     arr = store.create_array(f"{GROUP}/distances", (p, N_HASH_CHANNELS), "uint8", (65536, N_HASH_CHANNELS),
-                             encoding="hamming-distance-rgb", overwrite=True)
+                             encoding="hamming-distance-rgb", overwrite=True, coverage="all")
     if p:
         arr[:] = distances
     store.update_attrs(GROUP, {"threshold": int(threshold), "n_images": int(n), "n_pairs": int(p)})
@@ -98,6 +102,7 @@ def read_groups(store, require_all: bool = True) -> np.ndarray:
     images are their own group."""
     if not has_groups(store):
         raise StoreError(f"the store {store.path} has no duplicate groups; {HINT}")
+    store.require_rows(f"{GROUP}/group")
     group = np.asarray(store.array(f"{GROUP}/group")[:]).astype(np.int64)
     n = store.images.n
     if len(group) < n:

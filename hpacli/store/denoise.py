@@ -61,7 +61,9 @@ def prepare(store, run: str, n_cells: int, k: int, attrs: dict, overwrite: bool 
         store.delete(key)
     elif store.has(f"{key}/y_opt"):
         old = store.attrs(key)
-        for name in ("cells_table_id", "denoiser", "params", "cell_folds"):
+        for name in ("cells_table_id", "denoiser", "params", "cell_folds", "cell_folds_id"):
+            if name == "cell_folds_id" and name not in old:  # written by an older hpacli
+                continue
             if old.get(name) != attrs.get(name):
                 raise StoreError(
                     f"de-noised labels for {run!r} exist with other {name.replace('_', ' ')}; "
@@ -122,6 +124,25 @@ def info(store, run: str) -> dict:
     return dict(store.attrs(_require(store, run)))
 
 
+def check_current(store, run: str) -> dict:
+    """The run's attributes; StoreError when it was made for another cells table, or with
+    cell folds that were made again since (its Y_opt and folds would not match them)."""
+    from .cells import CellTable
+    from .folds import check_cell_folds_current
+
+    attrs = info(store, run)
+    redo = f"run `hpa denoise --run {run} --overwrite`"
+    made_for = attrs.get("cells_table_id")
+    if made_for is not None and made_for != CellTable(store).table_id:
+        raise StoreError(f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); {redo}")
+    if attrs.get("cell_folds_id") is not None:
+        try:
+            check_cell_folds_current(store, attrs.get("cell_folds") or "default", attrs["cell_folds_id"])
+        except StoreError as exc:
+            raise StoreError(f"de-noised labels of {run!r} do not match the stored cell folds ({exc}); {redo}") from None
+    return attrs
+
+
 def selection_key(run: str, name: str) -> str:
     """``denoise/<run>/selections/<name>``, the name checked to stay one path component."""
     return child_key(f"{run_key(run)}/selections", name, "selection")
@@ -148,12 +169,13 @@ def write_selection(store, run: str, name: str, cells: np.ndarray, scores: np.nd
     store.group(f"{run_key(run)}/selections", create=True)
     store.group(key, create=True)
     n = len(cells)
-    store.create_array(f"{key}/cells", (n,), "int64", (max(n, 1),), encoding="cell-rows", overwrite=True)[:] = cells
+    store.create_array(f"{key}/cells", (n,), "int64", (max(n, 1),), encoding="cell-rows", overwrite=True,
+                       coverage="all")[:] = cells
     store.create_array(f"{key}/scores", (n, 3), "float32", (max(n, 1), 3), encoding="selection-scores",
-                       overwrite=True)[:] = np.asarray(scores, dtype=np.float32).reshape(n, 3)
+                       overwrite=True, coverage="all")[:] = np.asarray(scores, dtype=np.float32).reshape(n, 3)
     if proposed_by is not None:
         store.create_array(f"{key}/proposed_by", (n,), "uint8", (max(n, 1),), encoding="selection-rule-flags",
-                           overwrite=True, attrs={"flags": dict(flags or {})})[:] = \
+                           overwrite=True, coverage="all", attrs={"flags": dict(flags or {})})[:] = \
             np.asarray(proposed_by, dtype=np.uint8).reshape(n)
     store.update_attrs(key, {"encoding": "hpacli-selection", "encoding_version": 1, **attrs})
     if kept is not None and (kept["state"] != UNREVIEWED).any():

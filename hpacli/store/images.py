@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
+from .core import COVER_COMMITTED as COMMITTED
 
 GROUP = "images"
 ROW_CHUNK = 4096
@@ -71,6 +72,7 @@ class ImageTable:
         n = self.n
         if n <= start:
             return np.zeros(0, dtype=object)
+        self.store.require_rows(f"{GROUP}/{name}", (start, n))
         return plain_strings(np.asarray(self.store.array(f"{GROUP}/{name}")[start:n]))
 
     def ids(self, start: int = 0) -> np.ndarray:
@@ -81,6 +83,7 @@ class ImageTable:
         n = self.n
         if n == 0:
             return np.zeros((0, N_CLASSES), dtype=np.uint8)
+        self.store.require_rows(f"{GROUP}/labels", (0, n))
         return np.asarray(self.store.array(f"{GROUP}/labels")[:n])
 
     def df(self) -> pd.DataFrame:
@@ -94,6 +97,7 @@ class ImageTable:
         return pd.DataFrame(data)
 
     def paths(self, index: int) -> list[Path]:
+        self.store.require_rows(f"{GROUP}/paths", (int(index), int(index) + 1))
         rel = np.asarray(self.store.array(f"{GROUP}/paths")[index])
         root = self.data_root
         return [root / str(p) for p in rel.tolist()]
@@ -202,11 +206,14 @@ class ImageTable:
             s.group(GROUP, create=True)
             s.update_attrs(GROUP, {"encoding": "hpacli-images", "encoding_version": 1, "n": 0})
         for name in COLUMNS_STR:
-            s.ensure_array(f"{GROUP}/{name}", (total,), str, (ROW_CHUNK,), encoding="utf8-string")
+            s.ensure_array(f"{GROUP}/{name}", (total,), str, (ROW_CHUNK,), encoding="utf8-string", coverage=COMMITTED)
         for name, dtype in COLUMNS_INT.items():
-            s.ensure_array(f"{GROUP}/{name}", (total,), dtype, (ROW_CHUNK,), encoding=f"{dtype}-column")
-        s.ensure_array(f"{GROUP}/labels", (total, N_CLASSES), "uint8", (ROW_CHUNK, N_CLASSES), encoding="multi-hot")
-        s.ensure_array(f"{GROUP}/paths", (total, 4), str, (ROW_CHUNK, 4), encoding="relative-path-rgby")
+            s.ensure_array(f"{GROUP}/{name}", (total,), dtype, (ROW_CHUNK,), encoding=f"{dtype}-column",
+                            coverage=COMMITTED)
+        s.ensure_array(f"{GROUP}/labels", (total, N_CLASSES), "uint8", (ROW_CHUNK, N_CLASSES), encoding="multi-hot",
+                        coverage=COMMITTED)
+        s.ensure_array(f"{GROUP}/paths", (total, 4), str, (ROW_CHUNK, 4), encoding="relative-path-rgby",
+                        coverage=COMMITTED)
         size = self.cache_size
         if size is not None:
             self._ensure_cache_arrays(total, size)

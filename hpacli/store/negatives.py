@@ -75,11 +75,11 @@ def write_flags(store, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     image_flag = np.zeros(n_images, dtype=bool)
     image_flag[image[cell_flag]] = True
     arr = store.create_array(f"{GROUP}/cell_flag", cell_flag.shape, "bool", (ROW_CHUNK,), encoding="bool-column",
-                             fill_value=False, overwrite=True)
+                             fill_value=False, overwrite=True, coverage="all")
     if len(cell_flag):
         arr[:] = cell_flag
     arr = store.create_array(f"{GROUP}/image_flag", (n_images,), "bool", (65536,), encoding="bool-column",
-                             fill_value=False, overwrite=True)
+                             fill_value=False, overwrite=True, coverage="all")
     if n_images:
         arr[:] = image_flag
     store.update_attrs(GROUP, {"threshold": float(threshold)})

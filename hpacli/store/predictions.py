@@ -95,6 +95,7 @@ def done_rows(store, name: str) -> np.ndarray:
 def read_probs(store, name: str = "default") -> np.ndarray:
     """float32 ``[C, 19]``; rows not predicted (or in blocks not done) are NaN."""
     key = _require(store, name)
+    store.require_rows(f"{key}/probs")
     probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
     probs[~done_rows(store, name)] = np.nan
     return probs
@@ -118,6 +119,8 @@ def _old_rows(store, key: str, block: int) -> dict | None:
         return None
     from .work import BlockWork
 
+    for name in ("probs", "image", "cell_id", "bbox"):
+        store.require_rows(f"{key}/{name}")
     probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
     image = np.asarray(store.array(f"{key}/image")[:])
     cell = np.asarray(store.array(f"{key}/cell_id")[:])
@@ -162,10 +165,14 @@ def prepare(store, name: str, n_cells: int, settings: dict, block: int = BLOCK,
         store.group(key, create=True)
         n = max(int(n_cells), 0)
         store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
-                           encoding="cell-probabilities", fill_value=float("nan"))
-        store.ensure_array(f"{key}/image", (n,), "int32", (block,), encoding="image-index", fill_value=-1)
-        store.ensure_array(f"{key}/cell_id", (n,), "int32", (block,), encoding="cell-id", fill_value=0)
-        store.ensure_array(f"{key}/bbox", (n, 4), "int32", (block, 4), encoding="bbox-r0c0r1c1", fill_value=0)
+                           encoding="cell-probabilities", fill_value=float("nan"),
+                           coverage="done")
+        store.ensure_array(f"{key}/image", (n,), "int32", (block,), encoding="image-index", fill_value=-1,
+                           coverage="done")
+        store.ensure_array(f"{key}/cell_id", (n,), "int32", (block,), encoding="cell-id", fill_value=0,
+                           coverage="done")
+        store.ensure_array(f"{key}/bbox", (n, 4), "int32", (block, 4), encoding="bbox-r0c0r1c1", fill_value=0,
+                           coverage="done")
         attrs = store.attrs(key)
         if attrs.get("cells_table_id") != table_id or attrs.get("settings") != settings:
             store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),

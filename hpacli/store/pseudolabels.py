@@ -102,6 +102,7 @@ def read_model(store, run: str) -> np.ndarray:
     """int8 ``[C]``: the fold of the model that labelled each cell, -1 where none did
     (yet: rows of blocks not done read -1)."""
     key = _require(store, run)
+    store.require_rows(f"{key}/model")
     model = np.asarray(store.array(f"{key}/model")[:]).astype(np.int8)
     block = int(store.attrs(key).get("block", BLOCK))
     model[~_done_rows(store, key, len(model), block)] = -1
@@ -116,6 +117,7 @@ def labelled_mask(store, run: str) -> np.ndarray:
 def read_probs(store, run: str) -> np.ndarray:
     """float32 ``[C, 19]`` probabilities; rows of unlabelled cells are NaN."""
     key = _require(store, run)
+    store.require_rows(f"{key}/probs")
     probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
     probs[~labelled_mask(store, run)] = np.nan
     return probs
@@ -133,6 +135,7 @@ def iter_embeddings(
     indices) selects cells; the default is every cell. Embeddings of unlabelled cells
     are zeros (use :func:`labelled_mask` to select)."""
     key = _require(store, run)
+    store.require_rows(f"{key}/embeddings")
     arr = store.array(f"{key}/embeddings")
     n = int(arr.shape[0])
     if rows is None:
@@ -171,31 +174,51 @@ def read_embeddings(store, run: str, rows: np.ndarray | None = None) -> np.ndarr
 def prepare_run(store, run: str, n_cells: int, dim: int, attrs: dict, block: int = BLOCK, overwrite: bool = False):
     """Create (or reopen) the run's arrays; returns the group key.
 
-    An existing run made for another cells table, or with other models, views or image
-    sizes, is an error unless ``overwrite`` (which deletes it first).
+    An existing run made for another cells table, or with other models, views, image
+    sizes, folds or duplicate handling (every option that decides the output), is an error
+    unless ``overwrite`` (which deletes it first). Checked and written under one lock, so
+    two shards started at once with different options cannot both pass.
     """
+    with store.lock(PREPARE_LOCK):
+        return _prepare_run(store, run, n_cells, dim, attrs, block, overwrite)
+
+
+PREPARE_LOCK = ".hpa-pseudolabel-prepare.lock"
+DECIDING = ("cells_table_id", "models", "views", "img_size", "folds", "skip_duplicates")
+
+
+def _prepare_run(store, run, n_cells, dim, attrs, block, overwrite):
     key = run_key(run)
     if overwrite:
         store.delete(key)
     elif store.has(f"{key}/probs"):
         old = store.attrs(key)
-        for name in ("cells_table_id", "models", "views", "img_size"):
+        for name in DECIDING:
+            if name in ("folds", "skip_duplicates") and name not in old:  # written by an older hpacli
+                continue
             if old.get(name) != attrs.get(name):
                 raise StoreError(
                     f"pseudo-labels {run!r} exist with other {name.replace('_', ' ')} "
-                    f"({old.get(name)!r} vs {attrs.get(name)!r}); use another --run name or --overwrite"
+                    f"({_short(old.get(name))} vs {_short(attrs.get(name))}); use the same options, another --run "
+                    "name, or --overwrite"
                 )
     store.group(GROUP, create=True)
     store.group(key, create=True)
     n = max(int(n_cells), 0)
     store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
-                       encoding="cell-probabilities", fill_value=float("nan"))
+                       encoding="cell-probabilities", fill_value=float("nan"), coverage="done")
     store.ensure_array(f"{key}/embeddings", (n, int(dim)), "float16", (block, int(dim)),
-                       encoding="cell-embeddings", fill_value=0.0)
-    store.ensure_array(f"{key}/model", (n,), "int8", (block,), encoding="fold-index", fill_value=-1)
+                       encoding="cell-embeddings", fill_value=0.0, coverage="done")
+    store.ensure_array(f"{key}/model", (n,), "int8", (block,), encoding="fold-index", fill_value=-1,
+                       coverage="done")
     store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),
                              "embedding_dim": int(dim), **attrs})
     return key
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def write_block(store, run: str, start: int, probs: np.ndarray, embeddings: np.ndarray, model: np.ndarray) -> None:

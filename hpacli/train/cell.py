@@ -51,16 +51,8 @@ STAGE = "train-cell"
 # ---------------------------------------------------------------------------- selections / Y_opt
 def _check_denoise_current(store, run: str) -> dict:
     from ..store import denoise as D
-    from ..store.cells import CellTable
 
-    info = D.info(store, run)
-    made_for = info.get("cells_table_id")
-    if made_for is not None and made_for != CellTable(store).table_id:
-        raise StoreError(
-            f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); "
-            f"run `hpa denoise --run {run} --overwrite`"
-        )
-    return info
+    return D.check_current(store, run)  # cells table and cell folds still the ones it was made with
 
 
 def read_selection(store, name: str, run: str) -> tuple[np.ndarray, np.ndarray]:
@@ -520,6 +512,7 @@ def run_train_cell(
         raise HpaError("--best-metric cell_map needs cell-level truth for the validation images (synthetic data)")
     cfg = TrainConfig(out=str(out), **kwargs)
     resuming = cfg.resume and (Path(out) / "last.pt").exists()
+    torch.manual_seed(cfg.seed)  # new weights (a new head) the same in every process for one --seed
     model, report = _model_from_init(backbone, init_from, Path(out) / "last.pt" if resuming else None)
     if report is not None:
         log(report.describe())

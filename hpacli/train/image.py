@@ -53,6 +53,9 @@ def run_train_image(
         f"{len(train_rows)} training and {len(val_rows)} validation images at {img_size}px "
         f"from the {'pixel cache' if train_ds.source == 'cache' else 'PNG files'}"
     )
+    import torch
+
+    torch.manual_seed(int(train_kwargs.get("seed", 0)))  # the same initial weights in every process for one --seed
     model = build_backbone(backbone)
     if int(train_kwargs.get("batch_size", 8)) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise HpaError(f"{backbone} has batch normalisation: --batch-size must be at least 2 (use --accum for larger batches)")

@@ -34,20 +34,20 @@ def command(
     from rich.table import Table
 
     from ...errors import InputError
+    from ...outpaths import check_out_file
     from ...prep.dedup import pairs_frame, pairs_png, run_dedup
     from ...progress import console, make_progress
     from ...store import open_store
     from ...store.dedup import read_groups, read_pairs
-    from ..paths import check_output_file
 
     open_store(store, "r")  # a clear error when there is no store (never create one here)
     if out is None:
         out = store.parent / f"{store.name}-duplicates.csv"
     if out.suffix.lower() == ".png":
         raise InputError(f"--out {out}: give the CSV's name (the PNG of pairs is written beside it as .png)")
-    check_output_file(out, "--out")
-    check_output_file(out.with_suffix(".png"), "--out (the PNG beside it)")
-    st = open_store(store, "a")
+    check_out_file(out, "--out")  # before anything is stored
+    check_out_file(out.with_suffix(".png"), "--out (the PNG beside it)")
+    st = open_store(store, "r+")
     with make_progress(disable=quiet) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress)

@@ -57,7 +57,7 @@ def command(
               "max_iter": max_iter}
     if denoiser == "graph-l1":
         params.update(knn=knn, pca_dim=pca_dim, nprobe=nprobe or None, eig_tol=eig_tol, threads=threads or None)
-    st = open_store(store, "a")
+    st = open_store(store, "r+")  # never create a store here
     with make_progress(disable=quiet) as progress:
         summary = run_denoise(st, run, folds, denoiser, params, overwrite=overwrite, recall_sample=recall_sample,
                               progress=progress)

@@ -37,11 +37,10 @@ def command(
     from ...errors import HpaError
     from ...progress import console
     from ...store import open_store
+    from ...store.core import check_name
 
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise HpaError(f"--name may hold letters, digits, - and _ only, not {name!r}")
-    open_store(store, "r")  # a clear error when there is no store
-    st = open_store(store, "a")
+    check_name(name, "fold set")
+    st = open_store(store, "r+")  # a clear error when there is no store
     if cells:
         if drop_duplicates or ignore_duplicates or negatives != "all":
             raise HpaError("--cells makes cell folds; --drop-duplicates, --ignore-duplicates and --negatives "

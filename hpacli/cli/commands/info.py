@@ -36,6 +36,10 @@ def _short(value, limit: int = 40) -> str:
 def command(
     store: StoreOpt = Path("hpa.zarr"),
     full: Annotated[bool, typer.Option("--full", help="Show every stage parameter in full.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Look for damage first: lost chunk files, missing or bad stamps. "
+                                           "Exit status 2 when there is any.")
+    ] = False,
 ) -> None:
     """Show a store's images, cells, stages (time, parameters, status) and size on disk."""
     from rich.table import Table
@@ -46,6 +50,8 @@ def command(
     from ..render import human_bytes
 
     st = open_store(store, "r")
+    if check:
+        _check(st)
     info = summarize(st)
     head = Table.grid(padding=(0, 2))
     head.add_row("store", str(st.path))
@@ -71,3 +77,28 @@ def command(
         for row in rows:
             table.add_row(*(str(v) for v in row.values()))
         console.print(table)
+
+
+def _check(st) -> None:
+    from rich.table import Table
+
+    from ...errors import StoreError
+    from ...progress import console
+    from ...store.summary import check_store
+
+    out = check_store(st)
+    problems = out["problems"]
+    if not problems:
+        console.print(f"[green]check:[/] no damage found ({out['arrays']} arrays, {out['checked']} with "
+                      "chunk coverage checked)", highlight=False)
+        return
+    table = Table(title=f"damage in {st.path}", title_style="bold red")
+    table.add_column("array")
+    table.add_column("problem", overflow="fold")
+    for key, problem in problems:
+        table.add_row(key, problem)
+    console.print(table)
+    key, problem = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
+    raise StoreError(f"the store {st.path} is damaged: {key}: {problem}{more}; restore it from a copy, or redo "
+                     "the stage that wrote it with --overwrite")

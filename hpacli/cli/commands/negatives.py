@@ -27,12 +27,13 @@ def command(
     """Score every cell of the Negative images (resumable); store per-cell and per-image flags."""
     from rich.table import Table
 
+    from ...outpaths import check_out_file
     from ...prep.negatives import negatives_png, run_negatives
     from ...progress import console, make_progress
     from ...store import open_store
 
-    open_store(store, "r")  # a clear error when there is no store
-    st = open_store(store, "a")
+    check_out_file(png, "--png")  # before anything is stored
+    st = open_store(store, "r+")  # a clear error when there is no store
     with make_progress(disable=quiet) as progress:
         summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
                                 progress=progress)

@@ -83,7 +83,15 @@ def command(
     if images is not None and sh.count > 1:
         raise InputError("--images with --shard: register the images once first (`hpa ingest`, or `hpa predict "
                          "--images` without --shard), then run the shards")
-    st = open_store(store, "a")
+    from ...outpaths import check_out_dir, check_out_file
+
+    # output paths are checked before anything is registered, deleted or computed
+    if export is not None:
+        check_out_file(export, "--export")
+    if overlays or overlay_dir is not None:
+        check_out_dir(overlay_dir or Path(store).parent / f"{Path(store).name}-predict-overlays", "--overlay-dir")
+    # without --images the store must exist; with it, the store is created when missing
+    st = open_store(store, "a" if images is not None else "r+")
     with make_progress(disable=quiet) as progress:
         if images is not None:
             report = ingest_folder(st, images, workers=max(1, workers), progress=progress)

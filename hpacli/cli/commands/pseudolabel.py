@@ -51,7 +51,7 @@ def command(
     from ...store import open_store, parse_shard
 
     view_list = tuple(v.strip() for v in views.split(",") if v.strip())
-    st = open_store(store, "a")
+    st = open_store(store, "r+")  # never create a store here
     with make_progress(disable=quiet) as progress:
         summary = run_pseudolabel(
             st, models, run=run, shard=parse_shard(shard), batch_size=batch_size, device=device, workers=workers,

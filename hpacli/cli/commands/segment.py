@@ -47,7 +47,7 @@ def command(
     from ...segment.stage import run_segment
     from ...store import open_store, parse_shard
 
-    st = open_store(store, "a")
+    st = open_store(store, "r+")  # never create a store here
     kw = {}
     if segmenter == "hpa-unet":
         kw = {"nuclei_model": nuclei_model, "cell_model": cell_model, "postprocess": postprocess}

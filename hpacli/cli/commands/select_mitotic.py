@@ -38,7 +38,7 @@ def command(
     from ...progress import console
     from ...store import open_store
 
-    st = open_store(store, "a")
+    st = open_store(store, "r+")  # never create a store here
     if accept is not None:
         from_review = accept == "review"
         n = run_accept(st, run, None if from_review else Path(accept), name)

@@ -52,9 +52,11 @@ def command(
 def _run_write(out: Path, store: Path, predictions: str, min_conf: float, classes: str | None, split: str,
                workers: int, quiet: bool) -> None:
     from ...evaluate.write import parse_classes, write_submission
+    from ...outpaths import check_out_file
     from ...progress import console, make_progress
     from ...store import open_store
 
+    check_out_file(out, "--out")
     st = open_store(store, "r")
     with make_progress(transient=True, disable=quiet) as progress:
         s = write_submission(st, predictions=predictions, out=out, min_conf=min_conf, classes=parse_classes(classes),
