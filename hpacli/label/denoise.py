@@ -79,7 +79,8 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
 
     params = dict(params or {})
     den = create_denoiser(denoiser, **params)
-    k = int(getattr(den, "k", params.get("k", 200)))
+    k = int(getattr(den, "k", params.get("k", 200)))  # counts the cell itself
+    width = max(k - 1, 1)  # the stored neighbour lists hold the k - 1 other cells
     fold, _ = _fold_rows(store, run, cell_folds)
     n_folds = int(fold.max()) + 1 if (fold >= 0).any() else 0
     if n_folds == 0:
@@ -91,7 +92,7 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
             raise HpaError(f"--fold {f} does not exist: the cells are in folds 0..{n_folds - 1}")
     table_id = CellTable(store).table_id
     all_params = getattr(den, "params", params)
-    key = layout.prepare(store, run, len(fold), k, {"cells_table_id": table_id, "denoiser": denoiser,
+    key = layout.prepare(store, run, len(fold), width, {"cells_table_id": table_id, "denoiser": denoiser,
                                                     "params": all_params, "cell_folds": cell_folds},
                          overwrite=overwrite)
     stage = begin_stage(store, key, "denoise", {"run": run, "denoiser": denoiser, **all_params})
@@ -105,8 +106,9 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
             summary.folds_skipped.append(f)
             continue
         rows = np.flatnonzero(fold == f)
-        if len(rows) <= k:
-            raise InputError(f"fold {f} has {len(rows)} labelled cells, not more than k = {k}; lower --k")
+        if len(rows) < k:
+            raise InputError(f"fold {f} has {len(rows)} labelled cells, fewer than k = {k} (the cell itself "
+                             "included); lower --k")
         t0 = time.perf_counter()
         y_init = make_y_init(probs[rows])
         emb = FoldEmbeddings(store, run, rows)
@@ -123,7 +125,7 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
             y_opt = np.asarray(den.denoise(emb, y_init, progress=progress), dtype=np.float64)
             if y_opt.shape != y_init.shape:
                 raise HpaError(f"denoiser {denoiser!r} returned shape {y_opt.shape}, expected {y_init.shape}")
-            knn_rows = np.full((len(rows), k), -1, dtype=np.int64)
+            knn_rows = np.full((len(rows), width), -1, dtype=np.int64)
             diag = {}
         layout.write_fold(store, run, rows, f, y_init, y_opt, knn_rows)
         diag["cells"] = int(len(rows))
