@@ -89,3 +89,22 @@ def test_predict_refuses_images_a_model_trained_on_but_predicts_test_images(trai
     _refused(cli(["predict", *common, "--split", "all", "--name", "all"]), "leak:", "would predict")
     st = open_store(s, "r")
     assert st.has("predictions/test") and not st.has("predictions/all") and not st.has("predictions/train")
+
+
+def test_cell_models_record_their_images_and_their_inits(trained, cli, tmp_path):
+    s, runs = trained
+    _ok(cli(["pseudolabel", "--store", s, "--models", str(runs / "fold*" / "best.pt"), "--device", "cpu",
+             "--workers", "0", "--run", "oof", "-q"]))
+    out = tmp_path / "cell0"
+    _ok(cli(["train-cell", "--store", s, "--fold", "0", "--labels", "oof", "--init-from", runs / "fold0" / "best.pt",
+             "--out", out, "--img-size", "32", "--batch-size", "2", "--accum", "1", "--epochs", "1",
+             "--workers", "0", "--device", "cpu", "-q"]))
+    st = open_store(s, "r")
+    ids, folds = st.images.ids(), read_image_folds(st)
+    rec = torch.load(out / "best.pt", weights_only=True)["train_config"]["extra"]["trained_on"]
+    init = torch.load(runs / "fold0" / "best.pt", weights_only=True)["train_config"]["extra"]["trained_on"]
+    assert set(init["images"]) <= set(rec["images"]) and rec["inherited"] == [str(runs / "fold0" / "best.pt")]
+    assert not set(rec["images"]) & set(ids[folds == 0].tolist()) and rec["fold"] == 0
+    common = ["--store", s, "--models", out / "best.pt", "--device", "cpu", "--workers", "0", "-q"]
+    _ok(cli(["predict", *common, "--name", "cells"]))
+    _refused(cli(["predict", *common, "--split", "train", "--name", "leaky"]), "leak:", "cell0")
