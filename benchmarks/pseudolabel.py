@@ -86,7 +86,8 @@ def save_models(root: Path, backbone: str, img_size: int) -> str:
         m = TimmClassifier(backbone).eval()
         save_checkpoint(root / "runs" / f"fold{f}" / "best.pt", {
             "model_config": m.config, "model": m.state_dict(),
-            "train_config": {"extra": {"fold": f, "img_size": img_size}},
+            # untrained weights: they saw no image (the out-of-fold guard needs the record)
+            "train_config": {"extra": {"fold": f, "img_size": img_size, "trained_on": {"images": []}}},
         })
     return str(root / "runs" / "fold*" / "best.pt")
 

@@ -26,6 +26,7 @@ _LAZY = {
     "create_segmenter": "hpacli.registry",
     "create_denoiser": "hpacli.registry",
     "label_cells_from_maps": "hpacli.segment.postprocess",
+    "load_weights": "hpacli.models.weightfile",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

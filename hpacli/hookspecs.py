@@ -28,6 +28,10 @@ denoiser
 loss
     ``factory(**kw) -> callable(logits, targets) -> scalar tensor``; targets may be
     soft (0..1).
+
+Weight files: a plugin that reads weights from a path the user gives reads them with
+``hpacli.load_weights(path)`` (never ``torch.load`` itself): it refuses TorchScript
+archives and anything else that could run code, and fails with one line naming the file.
 """
 
 from __future__ import annotations

@@ -160,5 +160,5 @@ def test_three_channel_stem_gets_a_fourth(tmp_path):
 def test_garbage_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="bad.pt is a text file"):
         init_from(create_backbone("resnet10t"), bad)

@@ -32,9 +32,8 @@ def save_fold_model(path: Path, fold: int, seed: int, train_images=None) -> Path
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet").eval()
-    extra = {"fold": fold, "img_size": IMG}
-    if train_images is not None:
-        extra["train_images"] = list(train_images)
+    # random weights trained on nothing, unless the test says otherwise (the guard needs a record)
+    extra = {"fold": fold, "img_size": IMG, "trained_on": {"images": [str(i) for i in (train_images or [])]}}
     save_checkpoint(path, {"model_config": model.config, "model": model.state_dict(), "train_config": {"extra": extra}})
     return path
 
@@ -124,8 +123,17 @@ def test_a_model_that_trained_on_an_image_is_refused(setup):
     folds = read_image_folds(store)
     # fold 0's model claims to have trained on one of fold 0's own (validation) images
     save_fold_model(tmp / "bad" / "fold0.pt", 0, seed=1, train_images=[str(ids[np.flatnonzero(folds == 0)[0]])])
-    with pytest.raises(HpaError, match="trained on 1 image"):
+    with pytest.raises(HpaError, match="leak: .*fold0.pt trained on 1 of the images it would label"):
         run_pseudolabel(store, [str(tmp / "bad" / "fold0.pt")], run="bad", device="cpu", workers=0)
+    # a checkpoint that does not say what it trained on cannot be checked: refused
+    from hpacli.models.timm_wrap import TimmClassifier
+    from hpacli.train.checkpoint import save_checkpoint
+
+    m = TimmClassifier("test_resnet")
+    save_checkpoint(tmp / "silent.pt", {"model_config": m.config, "model": m.state_dict(),
+                                        "train_config": {"extra": {"fold": 0, "img_size": IMG}}})
+    with pytest.raises(HpaError, match="does not record which images it trained on"):
+        run_pseudolabel(store, [str(tmp / "silent.pt")], run="bad", device="cpu", workers=0)
     save_fold_model(tmp / "twice.pt", 0, seed=2)
     with pytest.raises(HpaError, match="two models for fold 0"):
         run_pseudolabel(store, [str(tmp / "bad" / "fold0.pt"), str(tmp / "twice.pt")], device="cpu", workers=0)

@@ -78,7 +78,8 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
 
     params = dict(params or {})
     den = create_denoiser(denoiser, **params)
-    k = int(getattr(den, "k", params.get("k", 200)))
+    k = int(getattr(den, "k", params.get("k", 200)))  # counts the cell itself
+    width = max(k - 1, 1)  # the stored neighbour lists hold the k - 1 other cells
     fold, _ = _fold_rows(store, run, cell_folds)
     n_folds = int(fold.max()) + 1 if (fold >= 0).any() else 0
     if n_folds == 0:
@@ -93,7 +94,7 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
     # one process per run at a time: folds share chunks (their rows interleave), so they are not shards
     busy = f"another `hpa denoise --run {run}` is running on {store.path}; let it finish (it resumes folds one by one)"
     with store.lock(f".hpa-denoise-{run}.lock", busy=busy):
-        key = layout.prepare(store, run, len(fold), k, {"cells_table_id": table_id, "denoiser": denoiser,
+        key = layout.prepare(store, run, len(fold), width, {"cells_table_id": table_id, "denoiser": denoiser,
                                                         "params": all_params, "cell_folds": cell_folds,
                                                         "cell_folds_id": cell_folds_id(store, cell_folds)},
                              overwrite=overwrite)
@@ -111,6 +112,7 @@ def _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, rec
     from ..store import pseudolabels as pl
     from . import knn as knnmod
 
+    width = max(k - 1, 1)  # the stored neighbour lists hold the k - 1 other cells
     work = BlockWork(store, key, n_folds, 1)
     done = work.done_mask()
     probs = pl.read_probs(store, run)
@@ -121,8 +123,9 @@ def _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, rec
             summary.folds_skipped.append(f)
             continue
         rows = np.flatnonzero(fold == f)
-        if len(rows) <= k:
-            raise InputError(f"fold {f} has {len(rows)} labelled cells, not more than k = {k}; lower --k")
+        if len(rows) < k:
+            raise InputError(f"fold {f} has {len(rows)} labelled cells, fewer than k = {k} (the cell itself "
+                             "included); lower --k")
         t0 = time.perf_counter()
         y_init = make_y_init(probs[rows])
         emb = FoldEmbeddings(store, run, rows)
@@ -139,7 +142,7 @@ def _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, rec
             y_opt = np.asarray(den.denoise(emb, y_init, progress=progress), dtype=np.float64)
             if y_opt.shape != y_init.shape:
                 raise HpaError(f"denoiser {denoiser!r} returned shape {y_opt.shape}, expected {y_init.shape}")
-            knn_rows = np.full((len(rows), k), -1, dtype=np.int64)
+            knn_rows = np.full((len(rows), width), -1, dtype=np.int64)
             diag = {}
         layout.write_fold(store, run, rows, f, y_init, y_opt, knn_rows)
         diag["cells"] = int(len(rows))

@@ -48,6 +48,7 @@ class FoldModel:
     model: object = None
     config: dict = field(default_factory=dict)
     train_images: list | None = None  # image ids the model trained on, when the checkpoint says
+    train_folds: dict | None = None  # the fold set it was trained with ({"name", "sha256"}), when it says
 
 
 @dataclass
@@ -97,22 +98,22 @@ def _checkpoint_meta(path: str, config: dict) -> dict:
     """fold, img_size, folds name (and the training image ids if recorded) from the
     config that load_model returned or else from the checkpoint's training config
     (``train_config`` and its ``extra`` dict, as ``hpa train-image`` writes them)."""
-    keys = ("fold", "img_size", "folds_name", "train_images")
-    meta = {k: config.get(k) for k in keys}
-    if meta["fold"] is None or meta["img_size"] is None:
-        try:
-            from ..train.checkpoint import read_checkpoint
+    from ..train.checkpoint import read_checkpoint
+    from ..train.trained_on import images_of
 
-            obj = read_checkpoint(path)
-        except Exception:  # noqa: BLE001 - the error below says what is missing
-            obj = {}
-        obj = obj if isinstance(obj, dict) else {}
-        tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
-        for sub in (tc, tc.get("extra"), obj.get("config"), obj.get("model_config")):
-            if isinstance(sub, dict):
-                for k in keys:
-                    if meta[k] is None and sub.get(k) is not None:
-                        meta[k] = sub[k]
+    keys = ("fold", "img_size", "folds_name")
+    meta = {k: config.get(k) for k in keys}
+    obj = read_checkpoint(path)
+    obj = obj if isinstance(obj, dict) else {}
+    tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
+    for sub in (tc, tc.get("extra"), obj.get("config"), obj.get("model_config")):
+        if isinstance(sub, dict):
+            for k in keys:
+                if meta[k] is None and sub.get(k) is not None:
+                    meta[k] = sub[k]
+    meta["train_images"] = images_of(tc.get("extra"))
+    rec = (tc.get("extra") or {}).get("trained_on") if isinstance(tc.get("extra"), dict) else None
+    meta["train_folds"] = rec.get("folds") if isinstance(rec, dict) and isinstance(rec.get("folds"), dict) else None
     if meta["fold"] is None or meta["img_size"] is None:
         raise InputError(
             f"{path}: the checkpoint does not record its fold and image size; pass checkpoints written by "
@@ -130,7 +131,7 @@ def load_fold_models(paths: list[str]) -> dict[int, FoldModel]:
         if fold in out:
             raise InputError(f"two models for fold {fold}: {out[fold].path} and {p}; pass one per fold")
         out[fold] = FoldModel(fold, str(Path(p).resolve()), int(meta["img_size"]), model, config,
-                              list(meta["train_images"]) if meta.get("train_images") else None)
+                              meta["train_images"], meta["train_folds"])
         out[fold].config = {**config, "folds_name": meta.get("folds_name")}
     return dict(sorted(out.items()))
 
@@ -195,14 +196,18 @@ def assign_models(store, fold_models: dict[int, FoldModel], folds_name: str = "d
     image_model = np.where(use, image_fold, -1).astype(np.int8)
     cell_image = cells.column("image")
     cell_model = image_model[cell_image] if len(cell_image) else np.zeros(0, dtype=np.int8)
-    check_out_of_fold(store, cell_model, fold_models, image_fold)
+    check_out_of_fold(store, cell_model, fold_models, image_fold, folds_name)
     return cell_model, skipped
 
 
-def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, FoldModel], image_fold: np.ndarray):
+def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, FoldModel], image_fold: np.ndarray,
+                      folds_name: str = "default"):
     """The leak check: a cell's model must be the model of its image's fold (the fold it
-    was *validated* on), and its image must not be among the model's training images."""
+    was *validated* on), and its image must not be among the images the checkpoint records
+    as trained on (``hpacli.train.trained_on``; a checkpoint without that record is refused).
+    The second part is what catches folds redone after training."""
     from ..store.cells import CellTable
+    from ..train.trained_on import check_no_leak, folds_identity, require_record
 
     cell_image = CellTable(store).column("image")
     sel = cell_model >= 0
@@ -210,15 +215,19 @@ def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, Fold
     if bad.any():
         raise HpaError(f"{int(bad.sum())} cell(s) would be labelled by a model of another fold (leak); not run")
     ids = store.images.ids()
+    current = folds_identity(store, folds_name)
     for f, fm in fold_models.items():
-        if fm.train_images:
-            mine = np.unique(cell_image[cell_model == f])
-            leak = set(ids[mine].tolist()) & set(fm.train_images)
-            if leak:
-                raise HpaError(
-                    f"model of fold {f} ({fm.path}) trained on {len(leak)} image(s) it would label, e.g. "
-                    f"{sorted(leak)[:3]}; were the folds redone after training? Not run"
-                )
+        trained = require_record(fm.path, fm.train_images)
+        mine = np.unique(cell_image[cell_model == f])
+        was = fm.train_folds or {}
+        why = (f"The folds {folds_name!r} changed after it was trained (hpa fold ran again)"
+               if was.get("sha256") and was.get("sha256") != current["sha256"]
+               else f"Were the folds {folds_name!r} redone after training?")
+        check_no_leak(
+            fm.path, trained, ids[mine].tolist(), f"label as fold {f}'s validation images",
+            f"{why}: train the image models again on the current folds (hpa train-image --fold F), or make "
+            "the folds they were trained with again (same hpa fold seed and options)",
+        )
 
 
 # ---------------------------------------------------------------------------- inference

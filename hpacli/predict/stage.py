@@ -47,6 +47,7 @@ class ModelSpec:
     work_size: int | None  # resolution the crop is cut at (None: original)
     fit: str  # cell models: "resize" | "pad"; image models: "tile"
     model: object = None
+    trained_on: list | None = None  # image ids it trained on (None: the checkpoint does not say)
 
     @property
     def input_key(self) -> tuple:
@@ -102,6 +103,7 @@ def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
     resolution — and ``fit``); ``crop_size`` overrides the size (for checkpoints that do
     not record it)."""
     from ..train.checkpoint import load_model
+    from ..train.trained_on import images_of
 
     meta = _train_meta(path)
     if meta.get("stage") == "train-image":
@@ -115,20 +117,33 @@ def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
         raise InputError(f"{path}: unknown crop fit {fit!r} in the checkpoint")
     work = geo.get("work_size", meta.get("work_size"))
     model, _ = load_model(path, device="cpu")
-    return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, model)
+    return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, model,
+                     images_of(meta))
 
 
 def load_image_model(path: str) -> ModelSpec:
     """An image-level model (``hpa train-image``) applied to cells: the crop at its input
     scale, tile-filled to its input square (as ``hpa pseudolabel`` does)."""
     from ..train.checkpoint import load_model
+    from ..train.trained_on import images_of
 
     meta = _train_meta(path)
     size = meta.get("img_size")
     if not size:
         raise InputError(f"{path}: the checkpoint does not record its image size; pass one written by `hpa train-image`")
     model, _ = load_model(path, device="cpu")
-    return ModelSpec(str(Path(path).resolve()), "image", int(size), int(size), "tile", model)
+    return ModelSpec(str(Path(path).resolve()), "image", int(size), int(size), "tile", model, images_of(meta))
+
+
+def check_not_trained_on(store, specs, selected_images: np.ndarray) -> None:
+    """HpaError when a model trained on an image whose cells it would predict (its record
+    in the checkpoint, ``hpacli.train.trained_on``; models without a record are not checked)."""
+    from ..train.trained_on import check_no_leak
+
+    ids = store.images.ids()[np.asarray(selected_images, dtype=bool)].tolist()
+    for s in specs:
+        check_no_leak(s.path, s.trained_on, ids, "predict",
+                      "Predict images no model trained on (--split test), or use models trained without them")
 
 
 # ---------------------------------------------------------------------------- inference
@@ -310,6 +325,9 @@ def run_predict(
     amp = dev.type == "cuda"
 
     summary = PredictSummary(name=name, device=str(dev))
+    chosen = select_images(store, split)
+    all_specs = specs + ([image_spec] if image_spec else [])
+    check_not_trained_on(store, all_specs, chosen)  # before any work: segmenting new images takes long
     summary.images_segmented = ensure_segmented(store, segmenter, segmenter_kw, shard, device, progress)
 
     cells = CellTable(store)
@@ -317,8 +335,7 @@ def run_predict(
     cell_image = cells.column("image")
     cell_id = cells.column("cell_id")
     cell_bbox = cells.column("bbox")
-    selected = select_images(store, split)[cell_image] if n_cells else np.zeros(0, dtype=bool)
-    all_specs = specs + ([image_spec] if image_spec else [])
+    selected = chosen[cell_image] if n_cells else np.zeros(0, dtype=bool)
     settings = {
         "models": [s.record() for s in specs],
         "image_model": image_spec.record() if image_spec else None,
@@ -447,5 +464,5 @@ def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image
     work.mark_done(b)
 
 
-__all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "ensure_segmented", "ingest_folder",
-           "load_cell_model", "load_image_model", "run_predict", "tta_probs"]
+__all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "check_not_trained_on",
+           "ensure_segmented", "ingest_folder", "load_cell_model", "load_image_model", "run_predict", "tta_probs"]

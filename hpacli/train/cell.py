@@ -435,18 +435,28 @@ def _model_from_init(backbone: str | None, init_from, resume_from=None) -> tuple
     from .checkpoint import init_from as load_init
     from .image import build_backbone
 
-    config = None
+    config, source = None, ""
     if backbone is None:
         for src in (resume_from, init_from):
             if src is None:
                 continue
             ck = read_checkpoint(src)
             if is_our_checkpoint(ck):
-                config = dict(ck["model_config"])
+                config = ck.get("model_config")
+                source = f"checkpoint {src}"
                 break
-    model = build_model(config) if config is not None else build_backbone(backbone or "densenet121-hpa")
+    model = build_model(config, source) if config is not None else build_backbone(backbone or "densenet121-hpa")
     report = load_init(model, init_from) if (init_from is not None and resume_from is None) else None
     return model, report
+
+
+def _trained_on(store, train_rows, fold, folds_name, init_from) -> dict:
+    """The images whose cells (and labels) the model trains on, plus its init's record."""
+    from ..store.cells import CellTable
+    from .trained_on import make_record
+
+    images = CellTable(store).column("image")[np.asarray(train_rows, dtype=np.int64)]
+    return make_record(store, images, fold, folds_name, init_from)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -534,6 +544,9 @@ def run_train_cell(
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
         "n_selected": int(tg.n_selected),
+        "folds_name": folds_name,
+        # what the out-of-fold guard of predict checks (hpacli.train.trained_on)
+        "trained_on": _trained_on(store, train_rows, fold, folds_name, init_from),
     }
     trainer = CellTrainer(
         model, train_ds, val_ds, cfg, metrics_fn=cell_metrics(cfg.val_loss, scorer), progress=progress, log=log,

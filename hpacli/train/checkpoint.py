@@ -54,15 +54,12 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         raise
 
 
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"checkpoint {path} not found")
-    try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise InputError(f"cannot read {path} as a checkpoint: {exc}") from None
-    return obj
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> Any:
+    """The object in a weight file, read through :func:`hpacli.models.weightfile.load_weights`
+    (byte check first, then ``weights_only=True``); one-line errors naming the file."""
+    from ..models.weightfile import load_weights
+
+    return load_weights(path, map_location=map_location)
 
 
 def is_our_checkpoint(obj: Any) -> bool:
@@ -93,13 +90,60 @@ def model_config_of(model: nn.Module, fallback: dict | None = None) -> dict:
     return to_plain(fallback)
 
 
-def build_model(config: dict) -> nn.Module:
+def _loads_files(key: str) -> bool:
+    """Factory arguments that would make a backbone read or fetch files (timm's
+    ``checkpoint_path``, ``pretrained_cfg`` overlays, ...): a config read from a checkpoint
+    never passes them."""
+    k = key.lower()
+    return (k.startswith(("pretrained", "checkpoint", "weights", "hub", "hf_"))
+            or k.endswith(("_path", "_file", "_url", "_uri", "_dir")) or k in ("path", "file", "url", "uri", "dir"))
+
+
+def check_model_config(config: Any, source: str = "the model config") -> dict:
+    """The config as a plain dict, or a one-line InputError saying what is wrong with it."""
+    if not isinstance(config, dict):
+        raise InputError(f"{source}: the model config is a {type(config).__name__}, not a dict")
+    name = config.get("backbone")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{source}: the model config names no backbone (a 'backbone' string)")
+    for key, value in config.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InputError(f"{source}: the model config has a key {key!r} that is not a parameter name")
+        if key != "backbone" and _loads_files(key) and value not in (None, False):
+            raise InputError(f"{source}: the model config asks the backbone to load weights ({key}={value!r}); "
+                             "refused (a model is rebuilt from the checkpoint's own tensors only)")
+        if not _plain(value):
+            raise InputError(f"{source}: the model config value of {key!r} is not plain data")
+    return dict(config)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if depth > 8:
+        return False
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def build_model(config: dict, source: str = "the model config") -> nn.Module:
     """A fresh model from its plain config (``backbone`` name + factory keyword arguments)."""
+    from ..errors import HpaError
     from ..registry import create_backbone
 
-    cfg = dict(config)
+    cfg = check_model_config(config, source)
     name = cfg.pop("backbone")
-    return ensure_embedding(create_backbone(name, **cfg))
+    try:
+        model = create_backbone(name, **cfg)
+    except HpaError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"{source}: backbone {name!r} cannot be built from the model config "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return ensure_embedding(model)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -113,13 +157,31 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             f"{path} is not an hpacli checkpoint (no model config inside); "
             "train with `hpa train-image` or load plain weights with --init-from"
         )
-    config = dict(obj["model_config"])
-    model = build_model(config)
-    missing, unexpected = model.load_state_dict(obj["model"], strict=False)
+    if "model_config" not in obj:
+        raise InputError(f"checkpoint {path} has no model config; it cannot be rebuilt (train it again)")
+    config = check_model_config(obj["model_config"], f"checkpoint {path}")
+    state = checked_state_dict(obj.get("model"), f"checkpoint {path}")
+    model = build_model(config, f"checkpoint {path}")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        first = str(exc).strip().splitlines()
+        raise InputError(f"checkpoint {path} does not fit its own model config: "
+                         f"{first[-1].strip()[:200] if first else 'size mismatch'}") from None
     if missing or unexpected:
-        raise InputError(f"{path} does not fit its own model config: {_describe_keys(missing, unexpected)}")
+        raise InputError(f"checkpoint {path} does not fit its own model config: {_describe_keys(missing, unexpected)}")
     model.to(device).eval()
     return model, config
+
+
+def checked_state_dict(sd: Any, source: str) -> dict:
+    """``sd`` if it is a dict of tensors, else a one-line InputError."""
+    if not isinstance(sd, dict) or not sd:
+        raise InputError(f"{source} holds no weights (its 'model' entry is {type(sd).__name__}, not a state_dict)")
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InputError(f"{source}: its state_dict has entries that are not named tensors (e.g. {bad[0]!r})")
+    return sd
 
 
 # ---------------------------------------------------------------------- init-from
@@ -184,7 +246,7 @@ def init_from(model: nn.Module, path: str | Path) -> InitReport:
     target = model.state_dict()
     notes: list[str] = []
     if is_our_checkpoint(obj):
-        kind, sd = "hpacli", obj["model"]
+        kind, sd = "hpacli", checked_state_dict(obj.get("model"), f"checkpoint {path}")
     else:
         sd = obj
         if isinstance(obj, dict):
@@ -192,8 +254,10 @@ def init_from(model: nn.Module, path: str | Path) -> InitReport:
                 if isinstance(obj.get(k), dict):
                     sd = obj[k]
                     break
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise InputError(f"{path} holds no state_dict (a dict of tensors)")
+        if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise InputError(f"weight file {path} holds no state_dict (a dict of tensors)")
+        if not all(isinstance(k, str) for k in sd):
+            raise InputError(f"weight file {path}: its state_dict has keys that are not names")
         if is_bestfitting_state_dict(sd):
             kind = "bestfitting"
             num_classes = int(getattr(model, "num_classes", 19) or 19)

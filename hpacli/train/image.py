@@ -65,16 +65,21 @@ def run_train_image(
 
         report = load_init(model, init_from)
         log(report.describe())
+    from .trained_on import make_record
+
     cfg.extra = {
         "stage": "train-image",
         "store": str(store.path),
         "fold": fold,
+        "folds_name": folds_name,
         "backbone": backbone,
         "img_size": img_size,
         "negatives": negatives,
         "init_from": str(init_from) if init_from else None,
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
+        # what the out-of-fold guard of pseudolabel/predict checks (hpacli.train.trained_on)
+        "trained_on": make_record(store, train_rows, fold, folds_name, init_from),
     }
     trainer = Trainer(model, train_ds, val_ds, cfg, progress=progress, log=log, callbacks=callbacks)
     summary = trainer.fit()

@@ -15,11 +15,15 @@ def command(
     run: Annotated[str, typer.Option("--run", "-r", help="The pseudo-label run to de-noise.")] = "default",
     fold: Annotated[str, typer.Option("--fold", help="A de-noising cell fold (0, 1, ...) or 'all'.")] = "all",
     denoiser: Annotated[str, typer.Option("--denoiser", help="A registered denoiser (`hpa plugins`).")] = "graph-l1",
-    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per cell in the kNN graph.")] = 200,
+    k: Annotated[int, typer.Option("--k", min=2, help="kNN graph size per cell, the cell itself counted (the "
+                                   "seed's include_self=True: 200 = the cell + 199 nearest others).")] = 200,
     n_eig: Annotated[int, typer.Option("--n-eig", min=1, help="Laplacian eigenpairs (smallest).")] = 50,
     lam: Annotated[float, typer.Option("--lambda", min=0, help="Weight λ of ‖diag(√Λ)A‖₁.")] = 0.001,
     gamma: Annotated[float, typer.Option("--gamma", min=0, help="Weight γ of ‖Y − Y_init‖₁.")] = 0.12,
-    rtol: Annotated[float, typer.Option("--rtol", min=0, help="Stop: relative change per entry below this...")] = 0.01,
+    tol: Annotated[float, typer.Option("--tol", min=0, help="Stop when no entry of Y moves by more than this "
+                                       "(the optimum); 0 = the seed's early rule (--rtol, --stop-frac).")] = 1e-6,
+    rtol: Annotated[float, typer.Option("--rtol", min=0, help="With --tol 0: stop when the relative change per "
+                                        "entry is below this...")] = 0.01,
     stop_frac: Annotated[float, typer.Option("--stop-frac", help="...for at least this fraction of entries.")] = 0.999,
     max_iter: Annotated[int, typer.Option("--max-iter", min=1, help="At most this many alternations.")] = 1000,
     knn: Annotated[str, typer.Option("--knn", help="auto (exact ≤ 20k cells, else PCA + IVF), exact, pca-exact, "
@@ -55,6 +59,8 @@ def command(
             raise HpaError(f"--fold must be 'all' or fold numbers like 0 or 0,2; got {fold!r}") from None
     params = {"k": k, "n_eig": n_eig, "lam": lam, "gamma": gamma, "rtol": rtol, "stop_frac": stop_frac,
               "max_iter": max_iter}
+    if denoiser == "graph-l1":
+        params["tol"] = tol
     if denoiser == "graph-l1":
         params.update(knn=knn, pca_dim=pca_dim, nprobe=nprobe or None, eig_tol=eig_tol, threads=threads or None)
     st = open_store(store, "r+")  # never create a store here

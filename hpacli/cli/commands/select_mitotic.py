@@ -17,8 +17,8 @@ def command(
     init_below: Annotated[float, typer.Option("--init-below", help="Only cells with Y_init below this.")] = 0.4,
     opt_frac: Annotated[float, typer.Option("--opt-frac", help="Y_opt ≥ this × the fold's max.")] = 0.92,
     top: Annotated[int | None, typer.Option("--top", min=0, help="Instead: the K highest Y_opt per fold.")] = None,
-    neighbours: Annotated[int | None, typer.Option("--neighbours", min=1, help="Also cells among the first K "
-                                                   "neighbours of known positives...")] = None,
+    neighbours: Annotated[int | None, typer.Option("--neighbours", min=1, help="Also cells among the K nearest "
+                                                   "other cells of known positives (at most the graph's k - 1)...")] = None,
     min_hits: Annotated[int, typer.Option("--min-hits", min=1, help="...at least this many times.")] = 3,
     known: Annotated[str, typer.Option("--known", help="Known positives: y-init (Y_init ≥ 0.5, the seed's) or "
                                        "outliers (in each image labelled with the class, the cells least like "
