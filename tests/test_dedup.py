@@ -336,7 +336,7 @@ def test_cli_dedup_checks_the_output_before_storing(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "a_dir").mkdir()
     (tmp_path / "dups.png").mkdir()  # the PNG beside dups.csv would land on a folder
-    for bad, why in ((tmp_path / "a_file" / "dups.csv", "is a file, not a folder"),
+    for bad, why in ((tmp_path / "a_file" / "dups.csv", "a_file is a file"),
                      (tmp_path / "a_dir", "is a folder"),
                      (tmp_path / "x.png", "give the CSV's name"),
                      (tmp_path / "dups.csv", "is a folder"),
