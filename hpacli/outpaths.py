@@ -29,6 +29,12 @@ def _existing_parent(path: Path, option: str = "--out") -> Path:
     return p
 
 
+def _check_names(path: Path, option: str) -> None:
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise InputError(f"{option} {path}: a name in it is longer than 255 bytes")
+
+
 def _check_creatable(path: Path, option: str) -> None:
     base = _existing_parent(path.parent if not path.exists() else path, option)
     if not base.is_dir():
@@ -41,6 +47,7 @@ def check_out_dir(path, option: str = "--out") -> Path:
     """A folder the command will write into: it may be missing (it is created later),
     but must not be a file, nor lie under one, and must be writable."""
     path = Path(path)
+    _check_names(path, option)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path} is a file; give a folder")
     _check_creatable(path, option)
@@ -51,13 +58,11 @@ def check_out_file(path, option: str = "--out") -> Path:
     """A file the command will write: not an existing folder, its folder creatable and
     writable, its name not too long."""
     path = Path(path)
+    _check_names(path, option)
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'out.csv'}")
     if not path.name or path.name in (".", ".."):
         raise InputError(f"{option} {path}: give a file name")
-    for part in path.parts:
-        if len(os.fsencode(part)) > 255:
-            raise InputError(f"{option} {path}: a name in it is longer than 255 bytes")
     _check_creatable(path, option)
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"{option} {path}: no permission to replace it")
