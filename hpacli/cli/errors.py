@@ -1,11 +1,12 @@
 """One place where errors become messages: HpaError (and a few well-known others)
-are printed as one red line and exit with status 2, never as a traceback."""
+are printed as one red line and exit with ``EXIT_RUNTIME`` (3; see hpacli/errors.py),
+never as a traceback."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from ..errors import HpaError
+from ..errors import EXIT_RUNTIME, HpaError
 
 _err = Console(stderr=True)
 
@@ -21,6 +22,12 @@ def message_for(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError):
         return "out of memory; try a smaller --batch-size or fewer --workers"
     return None
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status for an exception that :func:`message_for` turned into a message."""
+    code = getattr(exc, "exit_code", None) if isinstance(exc, HpaError) else None
+    return code if isinstance(code, int) else EXIT_RUNTIME
 
 
 def report(message: str) -> None:
