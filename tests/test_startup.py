@@ -26,9 +26,15 @@ def hello(name: str = "you"):
     print(f"hello {name}")
 
 
+def bye():
+    """Say goodbye (no help panel given)."""
+    print("bye")
+
+
 @hookimpl
 def register_commands(app):
     app.command(name="slow-hello", rich_help_panel="Tools")(hello)
+    app.command(name="slow-bye")(bye)
 
 
 @hookimpl
@@ -76,13 +82,15 @@ def test_help_lists_plugin_commands_from_a_cache_and_running_one_imports_it(tmp_
     cached = list((tmp_path / "cache").glob("plugin-commands-*.json"))
     assert len(cached) == 1
     entry = json.loads(cached[0].read_text())["plugins"]["slow"]
-    assert [c["name"] for c in entry["commands"]] == ["slow-hello"] and entry["commands"][0]["panel"] == "Tools"
+    assert [c["name"] for c in entry["commands"]] == ["slow-hello", "slow-bye"]
+    assert [c["panel"] for c in entry["commands"]] == ["Tools", None]
+    first = res.stdout
     res = _hpa(tmp_path, "--help")
-    assert res.returncode == 0 and "slow-hello" in res.stdout and "a plugin command" in res.stdout
+    assert res.returncode == 0 and res.stdout == first  # the same help, panels included
     assert _imports(tmp_path) == 1  # listed from the cache
     # Tab completion of a command name: from the cache too
     res = _hpa(tmp_path, extra_env={"_HPA_COMPLETE": "complete_bash", "COMP_WORDS": "hpa slow", "COMP_CWORD": "1"})
-    assert res.returncode == 0 and res.stdout.split() == ["slow-hello"], res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.split() == ["slow-hello", "slow-bye"], res.stdout + res.stderr
     assert _imports(tmp_path) == 1
     # running it (or its --help) imports the plugin
     res = _hpa(tmp_path, "slow-hello", "--name", "x")
@@ -144,6 +152,6 @@ def test_plugins_command_imports_neither_torch_nor_timm(tmp_path):
     data = json.loads(res.stdout)
     by_name = {p["name"]: p for p in data["plugins"]}
     assert by_name["hpacli.builtin.backbones"]["registers"]["backbone_families"] == ["timm: every timm model name"]
-    assert by_name["slow"]["registers"]["commands"] == ["slow-hello"]
+    assert by_name["slow"]["registers"]["commands"] == ["slow-hello", "slow-bye"]
     assert by_name["slow"]["registers"]["denoisers"] == ["slow-denoiser"]
     assert by_name["slow"]["import_seconds"] >= 0 and by_name["slow"]["package"] == "slow-pkg"

@@ -84,18 +84,23 @@ def _write_cache(path: Path | None, plugins: dict) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": CACHE_FORMAT, "plugins": plugins}, indent=1))
         tmp.replace(path)
-    except OSError:
-        pass  # a read-only home only costs slower listings
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only home (or an odd help text) only costs slower listings
+
+
+def _text(value) -> str | None:
+    """A plain string, or None for unset values (Typer's DefaultPlaceholder included)."""
+    return value if isinstance(value, str) else None
 
 
 def _describe(cmd) -> dict:
-    text = cmd.short_help or cmd.help or ""
+    text = _text(cmd.short_help) or _text(cmd.help) or ""
     return {
         "name": cmd.name,
         "help": text.strip().split("\n\n")[0],
-        "panel": getattr(cmd, "rich_help_panel", None),
-        "hidden": bool(cmd.hidden),
-        "deprecated": bool(cmd.deprecated),
+        "panel": _text(getattr(cmd, "rich_help_panel", None)),
+        "hidden": cmd.hidden is True,
+        "deprecated": cmd.deprecated is True,
     }
 
 
