@@ -123,6 +123,13 @@ def test_cache_off_and_broken_cache(tmp_path):
         f.write_text("{not json")
     res = _hpa(tmp_path, "--help")
     assert res.returncode == 0 and "slow-hello" in res.stdout and "Traceback" not in res.stderr
+    # valid JSON with odd values (a hand-edited file): still a listing, never a traceback
+    for f in (tmp_path / "cache").glob("*.json"):
+        data = json.loads(f.read_text())
+        data["plugins"]["slow"]["commands"][0].update(help=5, panel=["x"], hidden="yes")
+        f.write_text(json.dumps(data))
+    res = _hpa(tmp_path, "--help")
+    assert res.returncode == 0 and "slow-hello" in res.stdout and "Traceback" not in res.stderr
 
 
 def test_plugin_command_clashing_with_a_builtin_is_reported(tmp_path):

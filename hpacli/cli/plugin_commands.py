@@ -109,8 +109,8 @@ def _stub(desc: dict):
     from typer.core import TyperCommand
 
     cmd = TyperCommand(
-        desc["name"], help=desc.get("help") or "", hidden=bool(desc.get("hidden")),
-        deprecated=bool(desc.get("deprecated")), rich_help_panel=desc.get("panel"), rich_markup_mode="rich",
+        desc["name"], help=_text(desc.get("help")) or "", hidden=desc.get("hidden") is True,
+        deprecated=desc.get("deprecated") is True, rich_help_panel=_text(desc.get("panel")), rich_markup_mode="rich",
     )
     cmd.hpa_stub = True
     return cmd
