@@ -67,7 +67,7 @@ def test_broken_entry_point_does_not_break_help(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin-pkg\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[hpa]\nbroken = broken_plugin_pkg\n")
-    env = {"PYTHONPATH": str(dist), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(dist), "PATH": "/usr/bin:/bin", "HPA_CACHE_DIR": ""}
     res = subprocess.run([sys.executable, "-m", "hpacli.cli.app", "--help"], env=env, capture_output=True, text=True)
     assert res.returncode == 0
     assert "broken" in res.stderr and "no such thing" in res.stderr
