@@ -4,7 +4,11 @@ Every hook that registers named things receives a ``register`` callback::
 
     register(name, factory, description="")
 
-``factory(**kwargs)`` builds the object. hpacli's own backbones, segmenters,
+``factory(**kwargs)`` builds the object. ``register.family(names, factory,
+description="")`` registers many names at once, listed lazily: ``names()`` (which may
+import a heavy library) is called only when a name is looked up that nothing registered
+by itself, or when names are listed; ``factory(name, **kwargs)`` builds one (hpacli's
+timm backbones are one family, so `hpa plugins` never imports timm). hpacli's own backbones, segmenters,
 denoisers and commands are registered through exactly these hooks (see
 ``hpacli/builtin``).
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from .. import hookimpl
 
 
@@ -19,13 +17,18 @@ def _densenet_hpa_factory(num_classes: int = 19, in_chans: int = 4, **kwargs):
     return DenseNetHPA(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-@hookimpl
-def register_backbones(register):
+def _timm_names():
+    """Every timm model name; imports timm (and torch), so it is called only when a name
+    is looked up that nothing registered by itself, or when names are listed."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     import timm
 
-    for name in timm.list_models():
-        register(name, partial(_timm_factory, name), description="timm")
+    return timm.list_models()
+
+
+@hookimpl
+def register_backbones(register):
+    register.family(_timm_names, _timm_factory, description="timm: every timm model name")
     register("densenet121-hpa", _densenet_hpa_factory, description="seed image model: DenseNet121 + avg|max head")

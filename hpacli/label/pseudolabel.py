@@ -73,13 +73,26 @@ class PseudolabelSummary:
 # ---------------------------------------------------------------------------- models
 
 
-def expand_model_paths(models) -> list[str]:
-    """Globs and paths (a list, or one string with commas) → sorted existing files."""
+def split_model_args(models) -> list[str]:
+    """``--models`` values → one glob or path each: a value may hold several separated by
+    commas (``'a.pt,b.pt'``), the option may be repeated, or both. A value that is an
+    existing file as a whole is kept whole (a path with a comma in its name)."""
     if isinstance(models, (str, os.PathLike)):
-        models = [m for m in str(models).split(",") if m.strip()]
+        models = [models]
     out: list[str] = []
     for m in models:
         m = str(m).strip()
+        if "," in m and not Path(m).exists():
+            out.extend(part.strip() for part in m.split(",") if part.strip())
+        elif m:
+            out.append(m)
+    return out
+
+
+def expand_model_paths(models) -> list[str]:
+    """Globs and paths (a list and/or strings with commas) → sorted existing files."""
+    out: list[str] = []
+    for m in split_model_args(models):
         hits = sorted(glob.glob(m)) if any(ch in m for ch in "*?[") else ([m] if Path(m).exists() else [])
         if not hits:
             raise InputError(f"no model checkpoint matches {m!r}")
@@ -411,4 +424,4 @@ def run_pseudolabel(
     return summary
 
 
-__all__ = ["PseudolabelSummary", "assign_models", "expand_model_paths", "predict_views", "run_key", "run_pseudolabel"]
+__all__ = ["PseudolabelSummary", "assign_models", "expand_model_paths", "split_model_args", "predict_views", "run_key", "run_pseudolabel"]

@@ -94,4 +94,6 @@ def _run_check(path: Path, images: Path | None, max_problems: int) -> None:
         table.add_row("", "...", f"{report.problems.count - len(report.problems.items)} more")
     console.print(table)
     console.print(f"[bold red]not ready to submit:[/] {path}: {summary}", highlight=False)
-    raise typer.Exit(1)
+    from ...errors import EXIT_PROBLEMS
+
+    raise typer.Exit(EXIT_PROBLEMS)
