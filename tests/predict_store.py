@@ -22,6 +22,7 @@ def make_truth_store(tmp: Path, size: int = 64, n_train: int = 2, n_test: int = 
     root = tmp / "data"
     run_synth(root, SynthConfig(n_images=n_train, size=size, test_images=n_test, seed=seed), force=True)
     store = open_store(tmp / "s.zarr", "a")
+    store.set_layout(images_per_file=4, cells_per_file=16)  # small files: shards of the tests own whole files
     run_ingest(store, kaggle_candidates(root), data_root=root, workers=1)
     if segment:
         write_truth_segmentation(store, root, mask_scale)

@@ -41,6 +41,7 @@ def make_cell_store(tmp: Path, n_images: int = 6, size: int = 64, mask: int = 32
 
     data = make_kaggle_dataset(tmp / "data", n_train=n_images, n_test=0, size=size, seed=seed)
     store = open_store(tmp / "hpa.zarr", "a")
+    store.set_layout(images_per_file=4, cells_per_file=16)  # small files: shards of the tests own whole files
     run_ingest(store, kaggle_candidates(data), data_root=data, cache_size=cache_size, workers=1)
     from hpacli.store import segmentation as SEG
 

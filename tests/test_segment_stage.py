@@ -39,6 +39,7 @@ def dataset(tmp_path_factory):
 
 def make_store(dataset, path):
     st = open_store(path, "a")
+    st.set_layout(images_per_file=4)  # files of two blocks of 2 images: shards get whole files
     run_ingest(st, kaggle_candidates(dataset, include_test=True), data_root=dataset)
     return st
 

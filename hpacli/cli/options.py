@@ -13,7 +13,10 @@ StoreOpt = Annotated[
 ]
 ShardOpt = Annotated[
     str | None,
-    typer.Option("--shard", help="Do only shard i of n (e.g. 0/4); run n processes at once to split the work."),
+    typer.Option("--shard", envvar="HPA_SHARD",
+                 help="Do only shard i of n (e.g. 0/4); run n processes at once to split the work. auto: the "
+                      "part torchrun (RANK/WORLD_SIZE), a SLURM job array or srun gives this process. Without "
+                      "it, torchrun and job arrays are followed; 0/1 does the whole job."),
 ]
 DeviceOpt = Annotated[
     str,

@@ -305,8 +305,13 @@ def run_dedup(
     workers: int = 2,
     overwrite: bool = False,
     progress=None,
+    shard=None,
 ) -> dict:
     """Hash every image (resumable, in blocks), find duplicate pairs and groups, store them.
+
+    ``shard`` (:class:`~hpacli.store.Shard`): hash only that shard's blocks; the process
+    that finds every block hashed (the last shard to finish, or any later run) finds the
+    pairs and groups. The summary's ``complete`` says whether this process did.
 
     ``source``: ``cache`` hashes the pixel cache (a downscale made by ingest; pHash resizes
     to 32×32 anyway, so a cache of 128 px or more gives nearly the same bits as the PNGs,
@@ -319,9 +324,11 @@ def run_dedup(
 
     from ..errors import HpaError, InputError
     from ..progress import NullProgress, add_task
-    from ..store import begin_stage
+    from ..store import Shard, begin_stage
     from ..store import dedup as sd
+    from ..store.core import remove_partial_files
 
+    shard = shard or Shard()
     store.require_writable()
     images = store.images
     n = images.n
@@ -345,6 +352,8 @@ def run_dedup(
             f"again (it fills the cache), or use --source png"
         )
     cache_id = images.cache_id if source == "cache" else None
+    if overwrite and shard.count > 1:
+        raise InputError("--overwrite cannot be combined with --shard (start over once, then shard)")
     if overwrite:
         store.delete(sd.GROUP)
     params = {"threshold": threshold, "source": source, "cache_size": cache_size if source == "cache" else None,
@@ -352,10 +361,11 @@ def run_dedup(
     run = begin_stage(store, sd.GROUP, "dedup", params)
     progress = progress or NullProgress()
     try:
-        hashes_arr, ok_arr, work = sd.ensure_hash_arrays(
-            store, n, HASH_BLOCK, source, cache_size if source == "cache" else None, cache_id
-        )
-        todo = work.todo()
+        with sd.prepare_lock(store):
+            hashes_arr, ok_arr, work = sd.ensure_hash_arrays(
+                store, n, HASH_BLOCK, source, cache_size if source == "cache" else None, cache_id
+            )
+        todo = work.todo(shard)
         task = add_task(progress, "hash", sum(len(b) for b in todo), unit="img")
         problems: list[dict] = []
         ids = images.ids()
@@ -380,17 +390,25 @@ def run_dedup(
                 hashes_arr[block.start : block.stop] = rows
                 ok_arr[block.start : block.stop] = ok
                 work.mark_done(block)
-        hashes, ok = sd.read_hashes(store)
-        hashes, ok = hashes[:n], ok[:n]
-        valid = np.flatnonzero(ok)
-        pairs_v, dist = find_pairs(hashes[valid], threshold, method=method, progress=progress)
-        pairs = valid[pairs_v] if len(pairs_v) else np.zeros((0, 2), np.int64)
-        group = connected_groups(n, pairs)
-        sd.write_dedup_result(store, group, pairs, dist, threshold)
+        with sd.finish_lock(store):  # the pairs need every block's hashes: the last process to finish finds them
+            if not work.all_done():
+                return {"complete": False, "hashed": sum(len(b) for b in todo), "blocks_done": work.n_done,
+                        "blocks": work.n_blocks, "shard": str(shard), "problems": problems[:1000]}
+            for name in ("hashes", "ok", "_done"):  # every block is written: no writer is left
+                remove_partial_files(store, f"{sd.GROUP}/{name}")
+            hashes, ok = sd.read_hashes(store)
+            hashes, ok = hashes[:n], ok[:n]
+            valid = np.flatnonzero(ok)
+            pairs_v, dist = find_pairs(hashes[valid], threshold, method=method, progress=progress)
+            pairs = valid[pairs_v] if len(pairs_v) else np.zeros((0, 2), np.int64)
+            group = connected_groups(n, pairs)
+            sd.write_dedup_result(store, group, pairs, dist, threshold)
     except BaseException:
         run.finish("failed")
         raise
     summary = dedup_summary(store, group, pairs)
+    summary["complete"] = True
+    summary["hashed"] = sum(len(b) for b in todo)
     summary["source"] = f"cache ({cache_size}px)" if source == "cache" else "png"
     summary["n_unreadable"] = int((~ok).sum())
     summary["problems"] = problems[:1000]

@@ -55,17 +55,26 @@ def run_negatives(
     workers: int = 2,
     overwrite: bool = False,
     progress=None,
+    shard=None,
 ) -> dict:
-    """Score the cells of every Negative train image and store per-cell and per-image flags."""
+    """Score the cells of every Negative train image and store per-cell and per-image flags.
+
+    ``shard``: score only that shard's blocks; the process that finds every block done (the
+    last shard to finish, or a later run) writes the scores and flags. The summary's
+    ``complete`` says whether this process did."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..errors import HpaError, InputError, StoreError
     from ..progress import NullProgress, add_task
-    from ..store import BlockWork, begin_stage
+    from ..store import Shard, begin_stage
     from ..store import negatives as sn
     from ..store.cells import CellTable
+    from ..store.core import remove_partial_files
 
     store.require_writable()
+    shard = shard or Shard()
+    if overwrite and shard.count > 1:
+        raise InputError("--overwrite cannot be combined with --shard (start over once, then shard)")
     if top_k < 1:
         raise HpaError(f"--top-k must be at least 1, got {top_k}")
     images = store.images
@@ -83,7 +92,10 @@ def run_negatives(
     counts = np.diff(offsets)
     negative = (labels[:, NEGATIVE] == 1) & (split != "test")
     work_images = np.flatnonzero(negative & (counts > 0))
-    sn.prepare(store, cells.n, images.n, cells.table_id, work_images, top_k, overwrite=overwrite)
+    per_block = sn.block_cell_counts(offsets, work_images, BLOCK)
+    with sn.prepare_lock(store):
+        work = sn.prepare(store, cells.n, images.n, cells.table_id, work_images, top_k, overwrite=overwrite,
+                          block=BLOCK, max_cells=int(per_block.max()) if len(per_block) else 1)
     params = {"threshold": threshold, "top_k": top_k, "reference_size": REFERENCE_SIZE,
               "table_id": cells.table_id}
     run = begin_stage(store, sn.GROUP, "negatives", params)
@@ -105,22 +117,30 @@ def run_negatives(
         return i, rows, cell_scores(green, lab, cell_id[rows], bbox[rows], top_k), None
 
     try:
-        work = BlockWork(store, sn.GROUP, len(work_images), BLOCK)
-        todo = work.todo()
+        todo = work.todo(shard)
         task = add_task(progress, "negatives", sum(len(b) for b in todo), unit="img")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for block in todo:
-                done = []
+                parts, scored = [], []
                 for i, rows, scores, problem in pool.map(score, work_images[block.start : block.stop].tolist()):
                     if problem is not None:
                         problems.append({"ID": str(ids[i]), "problem": problem})
-                    else:
-                        sn.write_scores(store, rows, scores)
-                        done.append(i)
+                        scores = np.full(rows.stop - rows.start, np.nan, np.float32)
+                    parts.append(scores)
+                    scored.append(problem is None)
                     progress.advance(task)
-                sn.mark_scored(store, np.asarray(done, dtype=np.int64))
+                sn.write_block(store, block.index, np.concatenate(parts) if parts else np.zeros(0, np.float32),
+                               np.asarray(scored, bool))
                 work.mark_done(block)
-        cell_flag, image_flag = sn.write_flags(store, threshold)
+        with sn.finish_lock(store):  # the flags need every block: the last process to finish writes them
+            if not work.all_done():
+                return {"complete": False, "scored_images_here": sum(len(b) for b in todo),
+                        "blocks_done": work.n_done, "blocks": work.n_blocks, "shard": str(shard),
+                        "n_problems": len(problems), "problems": problems[:1000]}
+            for name in (*sn.STAGING, "_done"):  # every block is written: no writer is left
+                remove_partial_files(store, f"{sn.GROUP}/{name}")
+            sn.gather_blocks(store, offsets, work_images, BLOCK)
+            cell_flag, image_flag = sn.write_flags(store, threshold)
     except BaseException:
         run.finish("failed")
         raise
@@ -137,6 +157,7 @@ def run_negatives(
         "problems": problems[:1000],
     }
     run.finish("done", **summary)
+    summary["complete"] = True
     return summary
 
 

@@ -18,6 +18,8 @@ from ..outpaths import check_out_dir, safe_file_name
 from ..progress import NullProgress, add_task
 from ..store import BlockWork, Shard, begin_stage, claim_settings
 from ..store import segmentation as seglayout
+from ..store.core import remove_partial_files
+from ..store.work import per_file_for
 
 
 def _segmenter_shapes(seg, images: list[np.ndarray], mask_scale: float | None) -> list[tuple[int, int]]:
@@ -134,13 +136,15 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
     widths = np.asarray(store.array("images/width")[:n])
     shapes_all = [seglayout.mask_shape_for(int(h), int(w), mask_scale) for h, w in zip(heights, widths)]
     canvas = (max(s[0] for s in shapes_all), max(s[1] for s in shapes_all))
-    seglayout.ensure_layout(store, n, canvas, block_size)
-    work = BlockWork(store, seglayout.GROUP, n, block_size)
+    store.group(seglayout.GROUP, create=True)
+    # the markers first: they fix how many blocks share a file, and the arrays' files follow them
+    work = BlockWork(store, seglayout.GROUP, n, block_size, per_file_for(store, seglayout.GROUP, "images", block_size))
+    seglayout.ensure_layout(store, n, canvas, block_size, work.per_file)
     counts = seglayout.n_cells(store)
     done = work.done_mask()
     todo: list[tuple] = []
     for b in range(work.n_blocks):
-        if b % shard.count != shard.index:
+        if not work.owner(b, shard):
             continue
         blk = work.block(b)
         # images whose count is written have their labels (counts are written last)
@@ -199,6 +203,8 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
                 a = store.attrs("cells")
                 stale = a.get("table_id") != store.attrs(seglayout.GROUP).get("cells_table_id") or \
                     int(a.get("n_images", -1)) != n
+            for name in ("cells", "nuclei", "mask_shape", "n_cells", "_done"):  # no writer is left
+                remove_partial_files(store, f"{seglayout.GROUP}/{name}")
             if stale:
                 table_cells = seglayout.build_cells_table(store, progress=progress, params=params)
                 store.update_attrs(seglayout.GROUP, {"cells_table_id": store.attrs("cells")["table_id"]})

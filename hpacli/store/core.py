@@ -65,6 +65,15 @@ COVER_COMMITTED = "committed"  # rows below the parent group's attribute ``n``
 COVERAGES = (COVER_ALL, COVER_DONE, COVER_COMMITTED)
 ARRAY_CONFIG = {"write_empty_chunks": True}
 
+# Files at scale: per-image and per-cell arrays keep one chunk per image (or block of cells)
+# inside Zarr v3 shards (one file) of this many rows; a sharded stage's processes own whole
+# files (hpacli.store.work.BlockWork groups its blocks by file), so no file has two writers.
+# Fixed when the store is created (root attribute ``layout``); stores without it use these.
+IMAGES_PER_FILE = 512
+CELLS_PER_FILE = 16384
+LAYOUT_KEYS = ("images_per_file", "cells_per_file")
+PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore writes a chunk file aside under this suffix, then renames it
+
 
 class Store:
     """A handle on one store directory. Use :func:`open_store`."""
@@ -124,7 +133,8 @@ class Store:
         try:
             root = zarr.open_group(str(tmp), mode="a", zarr_format=3)
             root.attrs.update(
-                {"hpacli": {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "created_with": __version__}}
+                {"hpacli": {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "created_with": __version__},
+                 "layout": {"images_per_file": IMAGES_PER_FILE, "cells_per_file": CELLS_PER_FILE}}
             )
             try:
                 os.rename(tmp, path)  # atomic; replaces an empty folder, fails on a filled one
@@ -136,6 +146,39 @@ class Store:
 
     def _zmode(self) -> str:
         return "r" if self.mode == "r" else "r+"
+
+    @property
+    def layout(self) -> dict:
+        """Rows per file of per-image and per-cell arrays (``images_per_file``, ``cells_per_file``)."""
+        root = self.attrs("")
+        layout = root.get("layout") if isinstance(root.get("layout"), dict) else {}
+        out = {"images_per_file": IMAGES_PER_FILE, "cells_per_file": CELLS_PER_FILE}
+        for key in LAYOUT_KEYS:
+            value = layout.get(key)
+            if isinstance(value, int) and value >= 1:
+                out[key] = value
+        return out
+
+    def set_layout(self, **values: int | None) -> None:
+        """Set ``images_per_file`` / ``cells_per_file`` (None: keep). Only before any array
+        uses them: a store with images keeps the values it was created with."""
+        want = {k: int(v) for k, v in values.items() if v is not None}
+        for key, value in want.items():
+            if key not in LAYOUT_KEYS:
+                raise ValueError(f"unknown layout setting {key!r}")
+            if value < 1:
+                raise StoreError(f"--{key.replace('_', '-')} must be at least 1")
+        if not want:
+            return
+        have = self.layout
+        if all(have[k] == v for k, v in want.items()):
+            return
+        if self.has("images/id"):
+            diff = ", ".join(f"{k.replace('_', ' ')} {have[k]}" for k, v in want.items() if have[k] != v)
+            raise StoreError(f"the store {self.path} was created with {diff}; these are fixed when a store is "
+                             f"created (leave the option out, or ingest into a new store)")
+        root = self.attrs("")
+        self.update_attrs("", {"layout": {**(root.get("layout") or {}), **want}})
 
     @property
     def schema_version(self) -> int:
@@ -202,22 +245,24 @@ class Store:
         attrs: dict | None = None,
         overwrite: bool = False,
         coverage: str | None = None,
+        shards: tuple[int, ...] | None = None,
     ) -> zarr.Array:
         """Create (or with ``overwrite`` replace) an array stamped with its encoding.
 
         ``coverage`` says which chunks must exist once written (:data:`COVERAGES`; None:
         written sparsely, not checked): ``hpa info --check`` and the readers use it to tell
-        lost chunks from rows never written."""
+        lost chunks from rows never written. ``shards`` (a multiple of ``chunks``): many
+        chunks in one file (Zarr v3 sharding); only one process may write a shard at a time."""
         self.require_writable()
         with self.lock():
             return self._create_array_locked(
                 key, shape, dtype, chunks, encoding, encoding_version, fill_value, compression, attrs, overwrite,
-                coverage,
+                coverage, shards,
             )
 
     def _create_array_locked(
         self, key, shape, dtype, chunks, encoding, encoding_version, fill_value, compression, attrs, overwrite,
-        coverage=None,
+        coverage=None, shards=None,
     ) -> zarr.Array:
         if coverage is not None and coverage not in COVERAGES:
             raise ValueError(f"coverage must be one of {COVERAGES} or None, not {coverage!r}")
@@ -229,6 +274,9 @@ class Store:
             kwargs["compressors"] = codec(compression)
         shape = tuple(int(s) for s in shape)
         chunks = tuple(max(1, int(c)) for c in chunks)
+        shards = _check_shards(chunks, shards)
+        if shards is not None:
+            kwargs["shards"] = shards
         stamp = {"encoding": encoding, "encoding_version": encoding_version, **(attrs or {})}
         if coverage is not None:
             stamp["coverage"] = coverage
@@ -258,26 +306,32 @@ class Store:
         compression: str = "zstd",
         attrs: dict | None = None,
         coverage: str | None = None,
+        shards: tuple[int, ...] | None = None,
     ) -> zarr.Array:
         """Open ``key`` if it exists (growing axis 0 to ``shape[0]``), else create it.
 
         Safe when several shard processes call it at once (it runs under the store lock).
-        An existing array with another dtype, chunking or trailing shape is an error.
+        An existing array with another dtype, chunking, sharding or trailing shape is an
+        error, except that an array written without shards (an older store) is kept as it is.
         """
         self.require_writable()
         with self.lock():
             if not self.has(key):
                 return self._create_array_locked(
                     key, shape, dtype, chunks, encoding, encoding_version, fill_value, compression, attrs, False,
-                    coverage,
+                    coverage, shards,
                 )
             arr = zarr.open_array(str(self.path / key), mode="r+", zarr_format=3).with_config(ARRAY_CONFIG)
             want_str = dtype is str or dtype == "str"
             same_dtype = (arr.dtype.kind in "UTO") if want_str else arr.dtype == np.dtype(dtype)
-            if not same_dtype or tuple(arr.chunks) != tuple(chunks) or tuple(arr.shape[1:]) != tuple(shape[1:]):
+            want_shards = _check_shards(tuple(max(1, int(c)) for c in chunks), shards)
+            same_shards = arr.shards is None or (want_shards is not None and tuple(arr.shards) == want_shards)
+            if not same_dtype or tuple(arr.chunks) != tuple(chunks) or tuple(arr.shape[1:]) != tuple(shape[1:]) \
+                    or not same_shards:
                 raise StoreError(
-                    f"{key} exists with dtype {arr.dtype}, shape {arr.shape}, chunks {arr.chunks}; "
-                    f"expected {dtype}, {shape}, {chunks}. Was it written by another version or with other options?"
+                    f"{key} exists with dtype {arr.dtype}, shape {arr.shape}, chunks {arr.chunks}, shards "
+                    f"{arr.shards}; expected {dtype}, {shape}, {chunks}, {want_shards}. Was it written by another "
+                    f"version or with other options?"
                 )
             if arr.shape[0] < shape[0]:
                 arr.resize((shape[0], *arr.shape[1:]))
@@ -423,6 +477,41 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, mode={self.mode!r})"
+
+
+def _check_shards(chunks: tuple[int, ...], shards) -> tuple[int, ...] | None:
+    """``shards`` as a tuple that the chunks divide, or None when it adds nothing (one chunk per shard)."""
+    if shards is None:
+        return None
+    shards = tuple(max(1, int(v)) for v in shards)
+    if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
+        raise ValueError(f"shards {shards} must be a multiple of the chunks {chunks}")
+    return None if shards == tuple(chunks) else shards
+
+
+def rows_per_file(store, kind: str, block: int) -> int:
+    """Blocks of ``block`` rows per file for a new array of ``kind`` rows (images | cells)."""
+    per = store.layout["images_per_file" if kind == "images" else "cells_per_file"]
+    return max(1, int(per) // max(1, int(block)))
+
+
+def remove_partial_files(store, key: str) -> int:
+    """Delete the ``*.partial`` files a killed write left under ``key`` (zarr writes every
+    chunk or shard file aside and renames it into place, so a kill mid-write leaves the
+    old file whole and this aside). Only call when no process writes ``key``. Returns how many."""
+    n = 0
+    base = store.path / key
+    if not base.is_dir():
+        return 0
+    for dirpath, _, names in os.walk(base):
+        for name in names:
+            if name.endswith(PARTIAL_SUFFIX):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+                except OSError:
+                    pass
+    return n
 
 
 def format_rows(spans: list[tuple[int, int]], limit: int = 4) -> str:

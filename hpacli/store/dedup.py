@@ -32,7 +32,7 @@ def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int |
     (cache vs png, another cache size, another cache: ``cache_id``) are discarded. If the
     table grew since the last run, the block that held the old last image is hashed again
     (it was only partly filled)."""
-    from .work import BlockWork
+    from .work import BlockWork, per_file_for, shards_of
 
     key = f"{GROUP}/hashes"
     if store.has(key):
@@ -44,21 +44,37 @@ def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int |
             for name in ("hashes", "ok", "_done"):
                 store.delete(f"{GROUP}/{name}")
     old_n = int(store.attrs(key).get("n_images", 0)) if store.has(key) else 0
+    # the markers first: they fix how many blocks share a file, and the arrays' files follow them
+    work = BlockWork(store, GROUP, n, block, per_file_for(store, GROUP, "images", block))
+    rows = work.rows_per_file
     hashes = store.ensure_array(
         key, (n, N_HASH_CHANNELS), "uint64", (block, N_HASH_CHANNELS), encoding="phash64-rgb",
         attrs={"source": source, "cache_size": cache_size, "cache_id": cache_id, "block": block,
                "hash": "imagehash.phash: 8x8 low frequencies of a 32x32 DCT, bit 63 first",
                "channels": ["red", "green", "blue"]},
-        coverage="done",
+        coverage="done", shards=shards_of((block, N_HASH_CHANNELS), rows),
     )
     ok = store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False,
-                           coverage="done")
-    work = BlockWork(store, GROUP, n, block)
+                           coverage="done", shards=shards_of((block,), rows))
     if 0 < old_n < n and old_n % block:
         store.array(f"{GROUP}/_done")[old_n // block] = False
     if old_n != n:
         store.update_attrs(key, {"n_images": int(n)})
     return hashes, ok, work
+
+
+PREPARE_LOCK = ".hpa-dedup-prepare.lock"
+FINISH_LOCK = ".hpa-dedup-finish.lock"
+
+
+def prepare_lock(store):
+    """Held while the hash arrays are opened or made (shard processes start at once)."""
+    return store.lock(PREPARE_LOCK)
+
+
+def finish_lock(store):
+    """Held by the process that finds every hash block done and writes pairs and groups."""
+    return store.lock(FINISH_LOCK)
 
 
 def read_hashes(store) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ Layout (group ``images``; ``n`` rows are committed, rows past ``n`` are ignored)
 ``data_root`` attribute.
 
 Pixel cache (when any ingest ran with ``--cache-size S``): ``images/cache`` uint8
-``[N, 4, S, S]`` (one chunk per image; attrs ``size``, ``cache_id``) holds downscaled RGBY
+``[N, 4, S, S]`` (one chunk per image, :func:`cache_rows_per_file` images per file (a Zarr
+shard); attrs ``size``, ``cache_id``) holds downscaled RGBY
 pixels, and ``images/cache_ok`` bool ``[N]`` says which rows hold them. A row is present
 only when its marker is set: never infer it from zeros (a row that was never written reads
 back as zeros). Ingest keeps the cache complete; readers refuse (``read_cache``) or fall
@@ -39,6 +40,14 @@ CACHE_OK = f"{GROUP}/cache_ok"
 LOCK = ".hpa.images.lock"  # serialises writers of the table (taken outside the store lock)
 COLUMNS_STR = ("id", "source", "split")
 COLUMNS_INT = {"height": "int32", "width": "int32", "bit_depth": "uint8", "labelled": "bool"}
+CACHE_FILE_BYTES = 256 * 2**20  # at most this many raw bytes of cached pixels per file
+
+
+def cache_rows_per_file(store, size: int) -> int:
+    """Images per file of the pixel cache: the store's ``images_per_file``, fewer for large
+    cache sizes (a file is rewritten whole when rows are added to it)."""
+    per_image = 4 * int(size) * int(size)
+    return max(1, min(int(store.layout["images_per_file"]), CACHE_FILE_BYTES // per_image))
 
 
 def plain_strings(values: np.ndarray) -> np.ndarray:
@@ -219,10 +228,12 @@ class ImageTable:
             self._ensure_cache_arrays(total, size)
 
     def _ensure_cache_arrays(self, total: int, size: int) -> None:
+        from .work import shards_of
+
         s = self.store
         s.ensure_array(
             CACHE, (total, 4, size, size), "uint8", (1, 4, size, size), encoding="rgby-uint8-cache",
-            compression="lz4",
+            compression="lz4", shards=shards_of((1, 4, size, size), cache_rows_per_file(s, size)),
             attrs={"size": size, "channels": ["red", "green", "blue", "yellow"], "cache_id": uuid.uuid4().hex,
                    "present": CACHE_OK},
         )
@@ -266,8 +277,17 @@ class ImageTable:
         if len(rows) == 0:
             return
         cache, ok = self.store.array(CACHE), self.store.array(CACHE_OK)
-        for r, px in zip(rows.tolist(), pixels):
-            cache[r] = px
+        per_file = int(cache.shards[0]) if cache.shards is not None else 1
+        by_file: dict[int, list[int]] = {}
+        for k, r in enumerate(rows.tolist()):
+            by_file.setdefault(r // per_file, []).append(k)
+        for ks in by_file.values():  # one write per file: a shard file is rewritten whole by each write
+            rs = rows[ks]
+            a, b = int(rs.min()), int(rs.max()) + 1
+            part = np.asarray(cache[a:b]).copy() if b - a > len(ks) else np.empty((b - a, *cache.shape[1:]), np.uint8)
+            for k, r in zip(ks, rs.tolist()):
+                part[r - a] = pixels[k]
+            cache[a:b] = part
         lo, hi = int(rows.min()), int(rows.max()) + 1
         marks = np.asarray(ok[lo:hi]).astype(bool)
         marks[rows - lo] = True

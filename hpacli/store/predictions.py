@@ -164,15 +164,19 @@ def prepare(store, name: str, n_cells: int, settings: dict, block: int = BLOCK,
         store.group(GROUP, create=True)
         store.group(key, create=True)
         n = max(int(n_cells), 0)
+        from .work import BlockWork, per_file_for, shards_of
+
+        # the markers first: they fix how many blocks share a file, and the arrays' files follow them
+        rows = BlockWork(store, key, n, block, per_file_for(store, key, "cells", block)).rows_per_file
         store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
                            encoding="cell-probabilities", fill_value=float("nan"),
-                           coverage="done")
+                           coverage="done", shards=shards_of((block, N_CLASSES), rows))
         store.ensure_array(f"{key}/image", (n,), "int32", (block,), encoding="image-index", fill_value=-1,
-                           coverage="done")
+                           coverage="done", shards=shards_of((block,), rows))
         store.ensure_array(f"{key}/cell_id", (n,), "int32", (block,), encoding="cell-id", fill_value=0,
-                           coverage="done")
+                           coverage="done", shards=shards_of((block,), rows))
         store.ensure_array(f"{key}/bbox", (n, 4), "int32", (block, 4), encoding="bbox-r0c0r1c1", fill_value=0,
-                           coverage="done")
+                           coverage="done", shards=shards_of((block, 4), rows))
         attrs = store.attrs(key)
         if attrs.get("cells_table_id") != table_id or attrs.get("settings") != settings:
             store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),

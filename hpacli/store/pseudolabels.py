@@ -205,12 +205,18 @@ def _prepare_run(store, run, n_cells, dim, attrs, block, overwrite):
     store.group(GROUP, create=True)
     store.group(key, create=True)
     n = max(int(n_cells), 0)
+    from .work import BlockWork, per_file_for, shards_of
+
+    # the markers first: they fix how many blocks share a file, and the arrays' files follow them
+    rows = BlockWork(store, key, n, block, per_file_for(store, key, "cells", block)).rows_per_file
     store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
-                       encoding="cell-probabilities", fill_value=float("nan"), coverage="done")
+                       encoding="cell-probabilities", fill_value=float("nan"), coverage="done",
+                       shards=shards_of((block, N_CLASSES), rows))
     store.ensure_array(f"{key}/embeddings", (n, int(dim)), "float16", (block, int(dim)),
-                       encoding="cell-embeddings", fill_value=0.0, coverage="done")
+                       encoding="cell-embeddings", fill_value=0.0, coverage="done",
+                       shards=shards_of((block, int(dim)), rows))
     store.ensure_array(f"{key}/model", (n,), "int8", (block,), encoding="fold-index", fill_value=-1,
-                       coverage="done")
+                       coverage="done", shards=shards_of((block,), rows))
     store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),
                              "embedding_dim": int(dim), **attrs})
     return key

@@ -15,8 +15,12 @@ Group ``segment`` (provenance + attributes ``canvas`` [Hc, Wc], ``block_size``):
     int32 ``[N]``: number of cells; 0 = segmented, no cells; -1 = not segmented yet;
     -2 = the image could not be read (reported, skipped).
 ``segment/_done``
-    BlockWork done markers (per-image arrays are chunked by block, so shards write
-    disjoint chunks).
+    BlockWork done markers.
+
+Files: the per-image arrays keep one chunk per image (``mask_shape`` and ``n_cells`` one per
+block) inside Zarr shards of ``per_file`` blocks (attribute ``per_file``; the store's
+``images_per_file`` rows by default), so a store of 100,000 images holds a few hundred
+files, not one per image; BlockWork gives each process whole files.
 
 Mask resolution -> original resolution is nearest neighbour: original row ``r`` shows mask
 row ``floor(r * h / H)`` (:func:`read_labels_full`). The ``cells`` table (store/cells.py)
@@ -71,15 +75,17 @@ def downsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ layout
-def ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int = BLOCK) -> None:
-    """Create or grow the arrays for ``n_images``. Growing reopens the block that held the
-    old last image (its done marker is cleared): its new images have no labels yet, and a
-    done block promises every image's chunks (``hpa info --check``)."""
+def ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int = BLOCK, per_file: int = 1) -> None:
+    """Create or grow the arrays for ``n_images`` (files of ``per_file`` blocks). Growing
+    reopens the block that held the old last image (its done marker is cleared): its new
+    images have no labels yet, and a done block promises every image's chunks (``hpa info --check``)."""
     with store.lock(LAYOUT_LOCK):
-        _ensure_layout(store, n_images, canvas, block_size)
+        _ensure_layout(store, n_images, canvas, block_size, per_file)
 
 
-def _ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int) -> None:
+def _ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int, per_file: int = 1) -> None:
+    from .work import shards_of
+
     n = int(n_images)
     old_n = int(store.array(f"{GROUP}/n_cells").shape[0]) if store.has(f"{GROUP}/n_cells") else 0
     hc, wc = int(canvas[0]), int(canvas[1])
@@ -94,13 +100,16 @@ def _ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: in
     if old is not None:
         hc, wc = int(old[0]), int(old[1])
     else:
-        store.update_attrs(GROUP, {"canvas": [hc, wc], "block_size": int(block_size)})
+        store.update_attrs(GROUP, {"canvas": [hc, wc], "block_size": int(block_size), "per_file": int(per_file)})
+    rows = int(block_size) * int(per_file)
     for name in ("cells", "nuclei"):
         store.ensure_array(f"{GROUP}/{name}", (n, hc, wc), "uint16", (1, hc, wc),
-                           encoding="label-image-uint16", compression="lz4", coverage="done")
-    store.ensure_array(f"{GROUP}/mask_shape", (n, 2), "int32", (block_size, 2), encoding="mask-shape", coverage="done")
+                           encoding="label-image-uint16", compression="lz4", coverage="done",
+                           shards=shards_of((1, hc, wc), rows))
+    store.ensure_array(f"{GROUP}/mask_shape", (n, 2), "int32", (block_size, 2), encoding="mask-shape", coverage="done",
+                       shards=shards_of((block_size, 2), rows))
     store.ensure_array(f"{GROUP}/n_cells", (n,), "int32", (block_size,), encoding="cells-per-image",
-                       fill_value=NOT_DONE, coverage="done")
+                       fill_value=NOT_DONE, coverage="done", shards=shards_of((block_size,), rows))
     if 0 < old_n < n and old_n % block_size and store.has(f"{GROUP}/_done"):
         done = store.array(f"{GROUP}/_done")
         if old_n // block_size < done.shape[0]:
@@ -129,7 +138,8 @@ def n_cells(store) -> np.ndarray:
 def write_block(store, start: int, stop: int, results: dict[int, tuple[np.ndarray, np.ndarray] | None]) -> None:
     """Write the labels of images ``start:stop`` (a block); ``results[i]`` is (nuclei, cells) at
     mask resolution, or None for an unreadable image. Images of the block that are not in
-    ``results`` keep what they have."""
+    ``results`` keep what they have. Each array is written once for the whole block (a
+    shard file is rewritten per write)."""
     hc, wc = canvas_of(store)
     cells_arr = store.array(f"{GROUP}/cells")
     nuc_arr = store.array(f"{GROUP}/nuclei")
@@ -137,10 +147,18 @@ def write_block(store, start: int, stop: int, results: dict[int, tuple[np.ndarra
     count_arr = store.array(f"{GROUP}/n_cells")
     shapes = np.asarray(shape_arr[start:stop]).copy()
     counts = np.asarray(count_arr[start:stop]).copy()
+    if len(results) == stop - start:
+        block_c = np.zeros((stop - start, hc, wc), np.uint16)
+        block_n = np.zeros((stop - start, hc, wc), np.uint16)
+    else:  # keep the images of the block that are not rewritten
+        block_c = np.asarray(cells_arr[start:stop]).copy()
+        block_n = np.asarray(nuc_arr[start:stop]).copy()
     for i, res in sorted(results.items()):
         k = i - start
-        canvas_c = np.zeros((hc, wc), np.uint16)
-        canvas_n = np.zeros((hc, wc), np.uint16)
+        canvas_c = block_c[k]
+        canvas_n = block_n[k]
+        canvas_c[:] = 0
+        canvas_n[:] = 0
         if res is None:
             shapes[k] = (0, 0)
             counts[k] = FAILED
@@ -157,8 +175,8 @@ def write_block(store, start: int, stop: int, results: dict[int, tuple[np.ndarra
             canvas_n[:h, :w] = nuc
             shapes[k] = (h, w)
             counts[k] = len(ids)
-        cells_arr[i] = canvas_c
-        nuc_arr[i] = canvas_n
+    cells_arr[start:stop] = block_c
+    nuc_arr[start:stop] = block_n
     shape_arr[start:stop] = shapes
     count_arr[start:stop] = counts
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+from ..options import OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -27,17 +27,20 @@ def command(
                                   "it. Default: <store>-duplicates.csv beside the store.")
     ] = None,
     workers: WorkersOpt = 2,
+    shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold."""
+    """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold.
+
+    `--shard i/n` in n processes at once splits the hashing; the last to finish finds the pairs and groups."""
     from rich.table import Table
 
     from ...errors import InputError
     from ...outpaths import check_out_file
     from ...prep.dedup import pairs_frame, pairs_png, run_dedup
     from ...progress import console, make_progress
-    from ...store import open_store
+    from ...store import open_store, parse_shard
     from ...store.dedup import read_groups, read_pairs
 
     open_store(store, "r")  # a clear error when there is no store (never create one here)
@@ -47,10 +50,22 @@ def command(
         raise InputError(f"--out {out}: give the CSV's name (the PNG of pairs is written beside it as .png)")
     check_out_file(out, "--out")  # before anything is stored
     check_out_file(out.with_suffix(".png"), "--out (the PNG beside it)")
+    sh = parse_shard(shard)
     st = open_store(store, "r+")
+    if sh.origin:
+        console.print(sh.describe(), highlight=False)
     with make_progress(disable=quiet) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
-                            overwrite=overwrite, progress=progress)
+                            overwrite=overwrite, progress=progress, shard=sh)
+    if not summary["complete"]:
+        if summary.get("problems"):
+            from ..render import problems_table
+
+            console.print(problems_table(summary["problems"]))
+        console.print(f"[green]hashed[/] {summary['hashed']} image(s) ({sh}); {summary['blocks_done']}/"
+                      f"{summary['blocks']} blocks done: [yellow]other shards still to run[/] (the last to finish "
+                      f"finds the pairs and writes {out})", highlight=False)
+        return
     pairs, dist = read_pairs(st)
     group = read_groups(st, require_all=False)
     png = out.with_suffix(".png")

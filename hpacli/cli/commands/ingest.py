@@ -28,6 +28,14 @@ def command(
                            "(every image is read again).")
     ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad image instead of skipping it.")] = False,
+    images_per_file: Annotated[
+        int | None, typer.Option("--images-per-file", min=1, help="New store: images that share one file in the "
+                                 "per-image arrays (masks, pixel cache; default 512). Fixed once images are stored.")
+    ] = None,
+    cells_per_file: Annotated[
+        int | None, typer.Option("--cells-per-file", min=1, help="New store: cells per file of the per-cell arrays "
+                                 "(pseudo-labels, predictions; default 16384). Fixed once images are stored.")
+    ] = None,
     workers: WorkersOpt = 2,
     quiet: QuietOpt = False,
 ) -> None:
@@ -49,6 +57,7 @@ def command(
     else:
         raise InputError(f"--layout must be kaggle or public, not {layout!r}")
     st = open_store(store, "a")
+    st.set_layout(images_per_file=images_per_file, cells_per_file=cells_per_file)
     params = {"root": str(root.resolve()), "layout": layout, "cache_size": cache_size, "strict": strict,
               "rebuild_cache": rebuild_cache}
     with make_progress(disable=quiet) as progress:

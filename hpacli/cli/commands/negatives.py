@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+from ..options import OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -21,22 +21,37 @@ def command(
         Path, typer.Option("--png", help="PNG of the top flagged cells and the top cells below the threshold.")
     ] = Path("negatives.png"),
     workers: WorkersOpt = 2,
+    shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score every cell of the Negative images (resumable); store per-cell and per-image flags."""
+    """Score every cell of the Negative images (resumable); store per-cell and per-image flags.
+
+    `--shard i/n` in n processes at once splits the scoring; the last to finish writes the flags."""
     from rich.table import Table
 
     from ...outpaths import check_out_file
     from ...prep.negatives import negatives_png, run_negatives
     from ...progress import console, make_progress
-    from ...store import open_store
+    from ...store import open_store, parse_shard
 
     check_out_file(png, "--png")  # before anything is stored
+    sh = parse_shard(shard)
     st = open_store(store, "r+")  # a clear error when there is no store
+    if sh.origin:
+        console.print(sh.describe(), highlight=False)
     with make_progress(disable=quiet) as progress:
         summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
-                                progress=progress)
+                                progress=progress, shard=sh)
+    if not summary["complete"]:
+        if summary["problems"]:
+            from ..render import problems_table
+
+            console.print(problems_table(summary["problems"]))
+        console.print(f"[green]scored[/] {summary['scored_images_here']} image(s) ({sh}); {summary['blocks_done']}/"
+                      f"{summary['blocks']} blocks done: [yellow]other shards still to run[/] (the last to finish "
+                      f"writes the flags)", highlight=False)
+        return
     table = Table(title=f"obvious-staining negatives (mean of the {top_k} brightest green pixels >= {threshold:g})")
     table.add_column("")
     table.add_column("count", justify="right")

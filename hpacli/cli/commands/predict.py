@@ -97,6 +97,11 @@ def command(
         check_out_dir(overlay_dir or Path(store).parent / f"{Path(store).name}-predict-overlays", "--overlay-dir")
     # without --images the store must exist; with it, the store is created when missing
     st = open_store(store, "a" if images is not None else "r+")
+    if sh.origin:
+        console.print(sh.describe(), highlight=False)
+    from ...launch import device_for_process
+
+    device = device_for_process(device)
     with make_progress(disable=quiet) as progress:
         if images is not None:
             report = ingest_folder(st, images, workers=max(1, workers), progress=progress)

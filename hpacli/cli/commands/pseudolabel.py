@@ -47,14 +47,18 @@ def command(
     from rich.table import Table
 
     from ...label.pseudolabel import run_pseudolabel
+    from ...launch import device_for_process
     from ...progress import console, make_progress
     from ...store import open_store, parse_shard
 
     view_list = tuple(v.strip() for v in views.split(",") if v.strip())
+    sh = parse_shard(shard)
     st = open_store(store, "r+")  # never create a store here
+    if sh.origin:
+        console.print(sh.describe(), highlight=False)
     with make_progress(disable=quiet) as progress:
         summary = run_pseudolabel(
-            st, models, run=run, shard=parse_shard(shard), batch_size=batch_size, device=device, workers=workers,
+            st, models, run=run, shard=sh, batch_size=batch_size, device=device_for_process(device), workers=workers,
             views=view_list, skip_duplicates=not keep_duplicates, folds=folds, overwrite=overwrite,
             progress=progress,
         )

@@ -43,17 +43,21 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Segment every registered image not segmented yet: cell and nucleus label images and the cells table."""
+    from ...launch import device_for_process
     from ...progress import console, make_progress
     from ...segment.stage import run_segment
     from ...store import open_store, parse_shard
 
+    sh = parse_shard(shard)
     st = open_store(store, "r+")  # never create a store here
+    if sh.origin:
+        console.print(sh.describe(), highlight=False)
     kw = {}
     if segmenter == "hpa-unet":
         kw = {"nuclei_model": nuclei_model, "cell_model": cell_model, "postprocess": postprocess}
     with make_progress(disable=quiet) as progress:
         out = run_segment(
-            st, segmenter=segmenter, shard=parse_shard(shard), batch_size=batch_size, device=device,
+            st, segmenter=segmenter, shard=sh, batch_size=batch_size, device=device_for_process(device),
             preview=preview, progress=progress, preview_dir=preview_dir, mask_scale=mask_scale,
             overwrite=overwrite, **kw,
         )
