@@ -18,6 +18,11 @@ ShardOpt = Annotated[
                       "part torchrun (RANK/WORLD_SIZE), a SLURM job array or srun gives this process. Without "
                       "it, torchrun and job arrays are followed; 0/1 does the whole job."),
 ]
+BlockSizeOpt = Annotated[
+    int | None,
+    typer.Option("--block-size", min=1, help="Items (images or cells) per resumable block: a killed run redoes at "
+                 "most one block per process. Default: the stage's; fixed once the stage has started."),
+]
 DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="Torch device: auto (GPU when present), cpu, cuda, cuda:1, ..."),

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ..options import BatchOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+from ..options import (
+    BatchOpt,
+    BlockSizeOpt,
+    DeviceOpt,
+    OverwriteOpt,
+    QuietOpt,
+    ShardOpt,
+    StoreOpt,
+    WorkersOpt,
+)
 
 
 def command(
@@ -60,6 +69,7 @@ def command(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 16,
     workers: WorkersOpt = 2,
+    block_size: BlockSizeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -111,6 +121,7 @@ def command(
             st, models or [], name=name, image_model=str(image_model) if image_model else None, blend=blend, tta=tta,
             negative=negative, shard=sh, batch_size=batch_size, device=device, workers=workers, progress=progress,
             split=split, segmenter=segmenter, crop_size=crop_size, overwrite=overwrite,
+            **({} if block_size is None else {"block": block_size}),
         )
     table = Table(title=f"predictions {name!r}", show_header=False)
     if summary.images_segmented:

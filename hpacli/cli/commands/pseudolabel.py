@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ..options import BatchOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+from ..options import (
+    BatchOpt,
+    BlockSizeOpt,
+    DeviceOpt,
+    OverwriteOpt,
+    QuietOpt,
+    ShardOpt,
+    StoreOpt,
+    WorkersOpt,
+)
 
 
 def command(
@@ -32,6 +41,7 @@ def command(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 16,
     workers: WorkersOpt = 2,
+    block_size: BlockSizeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,6 +70,7 @@ def command(
         summary = run_pseudolabel(
             st, models, run=run, shard=sh, batch_size=batch_size, device=device_for_process(device), workers=workers,
             views=view_list, skip_duplicates=not keep_duplicates, folds=folds, overwrite=overwrite,
+            **({} if block_size is None else {"block": block_size}),
             progress=progress,
         )
     table = Table(title=f"pseudo-labels {run!r}", show_header=False)

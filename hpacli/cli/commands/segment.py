@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import BatchOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt
+from ..options import BatchOpt, BlockSizeOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt
 
 
 def command(
@@ -39,6 +39,7 @@ def command(
     preview_dir: Annotated[
         Path | None, typer.Option("--preview-dir", help="Folder for --preview PNGs (default: next to the store).")
     ] = None,
+    block_size: BlockSizeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -52,9 +53,9 @@ def command(
     st = open_store(store, "r+")  # never create a store here
     if sh.origin:
         console.print(sh.describe(), highlight=False)
-    kw = {}
+    kw = {} if block_size is None else {"block_size": block_size}
     if segmenter == "hpa-unet":
-        kw = {"nuclei_model": nuclei_model, "cell_model": cell_model, "postprocess": postprocess}
+        kw.update({"nuclei_model": nuclei_model, "cell_model": cell_model, "postprocess": postprocess})
     with make_progress(disable=quiet) as progress:
         out = run_segment(
             st, segmenter=segmenter, shard=sh, batch_size=batch_size, device=device_for_process(device),
