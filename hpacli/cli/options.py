@@ -44,6 +44,12 @@ EpochsOpt = Annotated[int, typer.Option("--epochs", min=0, help="Epochs to train
 LrMultOpt = Annotated[float, typer.Option("--lr-mult", help="Multiplier of the schedule's learning rates.")]
 ScheduleOpt = Annotated[str, typer.Option("--schedule", help="adam10 (the seed's), constant or cosine.")]
 EpochOffsetOpt = Annotated[int, typer.Option("--epoch-offset", min=0, help="Evaluate the schedule at epoch + offset.")]
+AmpOpt = Annotated[
+    str,
+    typer.Option("--amp", help="Mixed precision: auto (bf16 on GPUs that have it, fp16 with gradient scaling on "
+                 "those that do not, off on the CPU), bf16, fp16 (also on the CPU) or off."),
+]
+NoAmpOpt = Annotated[bool, typer.Option("--no-amp", hidden=True, help="The same as --amp off.")]
 
 # help panels
 DATA = "Data"

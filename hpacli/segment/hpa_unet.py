@@ -78,7 +78,7 @@ class HpaUnetSegmenter:
         self.scale = float(scale)
         self.postprocess = postprocess
         if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.device.type == "cuda" else "fp32"
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(precision)
         if self.dtype is None:
             raise InputError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")

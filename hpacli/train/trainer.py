@@ -18,8 +18,11 @@
 - Validation every epoch (and at start with ``eval_at_start``) through ``metrics_fn(logits,
   targets) -> dict`` (default: focal loss ``val_loss`` and macro average precision ``map``);
   a CSV log (``log.csv``), TensorBoard when installed, rich progress (loss, lr, img/s).
-- GPU: bf16 autocast and channels_last; DistributedDataParallel when launched by
-  ``torchrun`` (``WORLD_SIZE`` > 1); only rank 0 writes.
+- Mixed precision (``amp``): ``auto`` is bf16 autocast on GPUs that have it, fp16 with
+  gradient scaling (``torch.amp.GradScaler``; its state is in the checkpoint) on those that
+  do not, and off on the CPU; ``bf16``, ``fp16`` (also on the CPU) and ``off`` choose.
+  channels_last on GPUs; DistributedDataParallel when launched by ``torchrun``
+  (``WORLD_SIZE`` > 1); only rank 0 writes.
 
 Datasets take items ``(index, aug_seed)`` (see :mod:`hpacli.train.data`).
 """
@@ -71,7 +74,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     device: str = "auto"
     workers: int = 2
-    amp: bool = True
+    amp: str | bool = "auto"  # auto | bf16 | fp16 | off (True = auto, False = off)
     channels_last: bool = True
     eval_at_start: bool = False
     best_metric: str = "map"
@@ -157,6 +160,23 @@ def setup_distributed(device: str) -> tuple[Dist, torch.device]:
             torch.cuda.set_device(dev)
         return Dist(rank, world, local), dev
     return Dist(), resolve_device(device)
+
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def resolve_amp(amp: str | bool, device: torch.device) -> str:
+    """The mixed precision a run uses on ``device``: ``bf16``, ``fp16`` or ``off``."""
+    mode = {True: "auto", False: "off"}.get(amp, amp) if isinstance(amp, bool) else str(amp).lower()
+    if mode not in AMP_MODES:
+        raise HpaError(f"--amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
+    cuda = device.type == "cuda"
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if mode == "auto":
+        return ("bf16" if bf16_ok else "fp16") if cuda else "off"
+    if mode == "bf16" and cuda and not bf16_ok:
+        raise HpaError("this GPU has no bfloat16; use --amp fp16 (float16 with gradient scaling) or --amp off")
+    return mode
 
 
 def resolve_device(device: str) -> torch.device:
@@ -278,9 +298,10 @@ class Trainer:
         return self.model
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.cfg.amp and torch.cuda.is_bf16_supported():
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -304,6 +325,8 @@ class Trainer:
             "images_seen": self.images_seen,
             "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_n],
             "rng": get_rng_state(),
+            "amp": self.amp,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "best": {"metric": self.best_key, "value": self.best_value, "epoch": self.best_epoch},
             "history": self.history,
             "evaluated_at_start": self.evaluated_at_start,
@@ -356,6 +379,9 @@ class Trainer:
                 )
         if int(ckpt.get("micro_in_cycle", 0)) > 0 and old.get("accum") != cfg.accum:
             raise HpaError(f"{self.out / LAST} stopped within an accumulation cycle; resume with --accum {old.get('accum')}")
+        if int(ckpt.get("micro_in_cycle", 0)) > 0 and ckpt.get("amp", self.amp) != self.amp:
+            raise HpaError(f"{self.out / LAST} stopped within an accumulation cycle with --amp {ckpt.get('amp')} "
+                           f"(its gradients are scaled for it); resume with --amp {ckpt.get('amp')}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch = int(ckpt["epoch"])
@@ -374,6 +400,8 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 if name in grads:
                     p.grad = grads[name].to(p.device, p.dtype)
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         ranks = ckpt.get("rng_ranks")
         set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world else ckpt["rng"])
 
@@ -460,12 +488,14 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _optimizer_step(self, scale: float = 1.0) -> None:
         params = [p for p in self.model.parameters() if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients before rescaling and clipping (else a no-op)
         if scale != 1.0:
             for p in params:
                 p.grad.mul_(scale)
         if self.cfg.clip_norm and self.cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is inf/NaN, and the scale shrinks
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.micro = 0
@@ -491,6 +521,10 @@ class Trainer:
             if cfg.overwrite and not cfg.resume:
                 for name in (LAST, BEST, LOG):
                     (self.out / name).unlink(missing_ok=True)
+        self.amp = resolve_amp(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        if self.amp != "off":
+            self.log(f"mixed precision: {self.amp}" + (" with gradient scaling" if self.amp == "fp16" else ""))
         self.model.to(self.device)
         if self._cl:
             self.model.to(memory_format=torch.channels_last)
@@ -581,7 +615,7 @@ class Trainer:
                     with self._autocast():
                         logits = self.train_model(x)
                     loss = self.loss_fn(logits.float(), y)
-                    (loss / cfg.accum).backward()
+                    self.scaler.scale(loss / cfg.accum).backward()
                 self.micro += 1
                 self.batch_in_epoch += 1
                 self._batch_since_save += 1

@@ -9,10 +9,12 @@ import typer
 
 from ..options import (
     AccumOpt,
+    AmpOpt,
     DeviceOpt,
     EpochOffsetOpt,
     EpochsOpt,
     LrMultOpt,
+    NoAmpOpt,
     QuietOpt,
     ScheduleOpt,
     SeedOpt,
@@ -87,7 +89,8 @@ def command(
     save_minutes: Annotated[
         float, typer.Option("--save-minutes", help="Also save last.pt every this many minutes within an epoch.")
     ] = 10.0,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on GPUs that support it.")] = True,
+    amp: AmpOpt = "auto",
+    no_amp: NoAmpOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
     seed: SeedOpt = 0,
@@ -113,6 +116,10 @@ def command(
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
     if fit not in FITS:
         raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
+    from ...train.trainer import AMP_MODES
+
+    if amp not in AMP_MODES:
+        raise HpaError(f"--amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
     out = out or Path("runs/cell") / f"fold{fold}"
     st = open_store(store, "r")
 
@@ -123,7 +130,7 @@ def command(
             init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
             progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
-            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
+            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp="off" if no_amp else amp, eval_at_start=eval_at_start,
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )

@@ -9,10 +9,12 @@ import typer
 
 from ..options import (
     AccumOpt,
+    AmpOpt,
     DeviceOpt,
     EpochOffsetOpt,
     EpochsOpt,
     LrMultOpt,
+    NoAmpOpt,
     QuietOpt,
     ScheduleOpt,
     SeedOpt,
@@ -55,7 +57,8 @@ def command(
     save_minutes: Annotated[
         float, typer.Option("--save-minutes", help="Also save last.pt every this many minutes within an epoch.")
     ] = 10.0,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on GPUs that support it.")] = True,
+    amp: AmpOpt = "auto",
+    no_amp: NoAmpOpt = False,
     source: Annotated[str, typer.Option("--source", help="Pixels from: auto (cache when large enough), cache, png.")] = "auto",
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
@@ -76,6 +79,10 @@ def command(
 
     if best_metric not in ("map", "loss"):
         raise HpaError(f"--best-metric must be map or loss, not {best_metric!r}")
+    from ...train.trainer import AMP_MODES
+
+    if amp not in AMP_MODES:
+        raise HpaError(f"--amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
     out = out or Path("runs/image") / f"fold{fold}"
     st = open_store(store, "r")
 
@@ -84,7 +91,7 @@ def command(
             st, fold, out, backbone=backbone, img_size=img_size, negatives=negatives, init_from=init_from,
             source=source, progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
-            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
+            epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp="off" if no_amp else amp, eval_at_start=eval_at_start,
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )
