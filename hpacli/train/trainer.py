@@ -507,6 +507,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         self.dist, self.device = setup_distributed(cfg.device)
+        if self.dist.active:  # each rank its own dropout stream (the weights come from rank 0 through DDP)
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.dist.rank]).generate_state(1)[0]))
         self._cl = cfg.channels_last and self.device.type == "cuda"
         if len(self.train_ds) < cfg.batch_size * self.dist.world:
             raise HpaError(
