@@ -203,7 +203,7 @@ def test_16bit_through_ingest(tmp_path):
 
 def test_cli_refuses_bad_options_and_existing_output(small, tmp_path):
     res = _invoke("synth", tmp_path / "a", "--size", 32)
-    assert res.exit_code == EXIT_USAGE and "--size must be between 64 and 2048" in res.output
+    assert res.exit_code == EXIT_USAGE and "--size must be between 64 and 4096" in res.output
     res = _invoke("synth", tmp_path / "b", "--bits", 12)
     assert res.exit_code == EXIT_USAGE and "--bits must be 8 or 16" in res.output
     out = tmp_path / "c"

@@ -99,8 +99,8 @@ class SynthConfig:
             raise InputError("--n-images must be at least 1")
         if self.test_images is not None and self.test_images < 0:
             raise InputError("--test-images must be 0 or more")
-        if not 64 <= self.size <= 2048:
-            raise InputError(f"--size must be between 64 and 2048, not {self.size}")
+        if not 64 <= self.size <= 4096:
+            raise InputError(f"--size must be between 64 and 4096, not {self.size}")
         if self.bits not in (8, 16):
             raise InputError(f"--bits must be 8 or 16, not {self.bits}")
         if not 0.0 <= self.noise <= 1.0:

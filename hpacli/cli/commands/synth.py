@@ -13,7 +13,7 @@ from ..options import QuietOpt, SeedOpt, WorkersOpt
 def command(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset to (Kaggle layout plus truth).")],
     n_images: Annotated[int, typer.Option("--n-images", "-n", min=1, help="Train images.")] = 200,
-    size: Annotated[int, typer.Option("--size", help="Image side in pixels (64 to 2048).")] = 256,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels (64 to 4096; the HPA sizes are 1728, 2048 and 3072).")] = 256,
     test_images: Annotated[
         int | None, typer.Option("--test-images", min=0, help="Test images (default: a quarter of --n-images).")
     ] = None,
