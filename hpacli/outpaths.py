@@ -36,7 +36,8 @@ def _check_names(path: Path, option: str) -> None:
 
 
 def _check_creatable(path: Path, option: str) -> None:
-    base = _existing_parent(path.parent if not path.exists() else path, option)
+    # an existing file is replaced: what matters is its folder (a re-run writes the same file again)
+    base = _existing_parent(path if path.is_dir() else path.parent, option)
     if not base.is_dir():
         raise InputError(f"{option} {path}: {base} is a file, so nothing can be created under it")
     if not os.access(base, os.W_OK | os.X_OK):

@@ -474,3 +474,15 @@ def test_lost_pseudolabel_rows_are_refused_not_read_as_missing(denoise_store, cl
     res = cli(["info", "--store", st.path, "--check"])
     one_line_error(res, "labels/r/")
     assert "labels/r/probs" in res.output and "labels/r/embeddings" in res.output
+
+
+def test_an_existing_output_file_is_replaced_on_a_rerun(tmp_path):
+    from hpacli.errors import InputError
+    from hpacli.outpaths import check_out_dir, check_out_file
+
+    out = tmp_path / "negatives.png"
+    out.write_bytes(b"old")
+    assert check_out_file(out, "--png") == out  # a re-run of the same command writes it again
+    assert check_out_dir(tmp_path, "--out") == tmp_path
+    with pytest.raises(InputError, match="is a file"):
+        check_out_file(out / "below.png", "--png")
