@@ -1,6 +1,7 @@
-"""Image-model training throughput on a GPU: img/s at 1024², batch 8, bf16, and peak memory.
+"""Image-model training throughput on a GPU: img/s at 1024², batch 8, bf16 or fp16, and peak memory.
 
-Runs the real trainer (``hpacli.train.trainer.Trainer``: bf16 autocast, channels_last,
+Runs the real trainer (``hpacli.train.trainer.Trainer``: ``--amp`` bf16 / fp16 with gradient
+scaling / off, channels_last,
 grad clip, Adam, the seed's loss) on random uint8 RGBY images held in memory (a pool of 32
 repeated), so the number is the model step, not the disk. Timed between micro-batches
 after ``--warmup`` steps. Prints img/s, ms/step and peak GPU memory
@@ -51,8 +52,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--amp", default="auto", help="auto, bf16, fp16 (with gradient scaling) or off")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--json", help="also write the result to this JSON file")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (32, 4, args.size, args.size), dtype=np.uint8)
@@ -71,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
             out=tmp, epochs=1, batch_size=args.batch, accum=args.accum, lr_mult=4.0, device=args.device,
-            workers=args.workers, amp=not args.no_amp, tensorboard=False, save_minutes=0,
+            workers=args.workers, amp=args.amp, tensorboard=False, save_minutes=0,
         )
         trainer = Trainer(model, ds, None, cfg, callbacks=[stamp])
         if torch.cuda.is_available():
@@ -82,17 +84,25 @@ def main() -> None:
         return
     dev = trainer.device
     step = statistics.median(dt) if dt else float("nan")
-    amp = "bf16" if dev.type == "cuda" and not args.no_amp and torch.cuda.is_bf16_supported() else "fp32"
+    amp = trainer.amp
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; {args.backbone} {args.size}px batch {args.batch} {amp} channels_last={dev.type == 'cuda'}")
     print(f"  {len(dt)} timed steps: {step * 1000:.1f} ms/step median, {args.batch / step:.1f} img/s per process"
           f"{f', {args.batch * world / step:.1f} img/s total over {world}' if world > 1 else ''}")
     if dev.type == "cuda":
-        print(f"  peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30
+        print(f"  peak GPU memory {peak:.2f} GiB")
     else:
         import resource
 
-        print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU run)")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"  peak RSS {peak:.2f} GiB (CPU run)")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as fh:
+            json.dump({"device": name, "backbone": args.backbone, "size": args.size, "batch": args.batch, "amp": amp,
+                       "ms_per_step": step * 1000, "img_per_s": args.batch * world / step, "peak_gib": peak}, fh)
 
 
 if __name__ == "__main__":
