@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from hpacli.errors import InputError
-from hpacli.evaluate.masks import decode_mask, encode_mask
 from hpacli.evaluate.submission import (
     HEADER,
     check_submission,
@@ -21,6 +20,7 @@ from hpacli.evaluate.submission import (
     truth_row,
     write_submission,
 )
+from hpacli.io.masks import decode_mask, encode_mask
 
 
 def _labels():

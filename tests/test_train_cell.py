@@ -63,7 +63,7 @@ def cell_truth(store, labels: dict, seed: int = 0) -> dict:
     """Cell-level truth = the segmentation's cells, one or two classes each; stored in the store."""
     import pandas as pd
 
-    from hpacli.evaluate.masks import encode_mask
+    from hpacli.io.masks import encode_mask
     from hpacli.store.truth import write_truth
 
     rng = np.random.default_rng(seed)

@@ -27,10 +27,10 @@ import pandas as pd
 
 from ..classes import N_CLASSES, parse_labels
 from ..errors import InputError
+from ..io.ids import image_id_problem
+from ..io.png import channel_paths, inspect_rgby, resize_rgby
 from ..progress import NullProgress, add_task
 from ..store import begin_stage
-from .ids import image_id_problem
-from .pngio import channel_paths, inspect_rgby, resize_rgby
 
 COMMIT_EVERY = 64
 MAX_STORED_PROBLEMS = 10_000

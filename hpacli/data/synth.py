@@ -322,7 +322,7 @@ def make_image(cfg: SynthConfig, rules: Rules, plan: ImagePlan) -> MadeImage:
 
 
 def prediction_string(cells: np.ndarray, classes: list[set[int]]) -> str:
-    from ..evaluate.masks import encode_label_image
+    from ..io.masks import encode_label_image
 
     ids = np.arange(1, len(classes) + 1)
     enc = encode_label_image(cells, ids=ids) if len(ids) else {}
@@ -405,7 +405,7 @@ def write_preview(out: Path, plans: list[ImagePlan], infos: list[dict], labels: 
     """RGB composites (R = red/yellow, G = green, B = blue) with cell outlines and true labels."""
     from PIL import ImageDraw, ImageFont
 
-    from .pngio import channel_paths, read_channel
+    from ..io.png import channel_paths, read_channel
 
     font = ImageFont.load_default()
     firsts = {}

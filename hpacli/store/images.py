@@ -168,7 +168,7 @@ class ImageTable:
 
     def read_image(self, index: int) -> np.ndarray:
         """Full-resolution uint8 RGBY pixels ``[4, H, W]`` decoded from the PNGs."""
-        from ..data.pngio import read_rgby
+        from ..io.png import read_rgby
 
         return read_rgby(self.paths(index))
 

@@ -102,7 +102,7 @@ class StoreImageDataset(Dataset):
         row = int(self.rows[i])
         px = table.read_cache(row) if self.cached[i] else table.read_image(row)
         if px.shape[1] != self.img_size or px.shape[2] != self.img_size:
-            from ..data.pngio import resize_rgby
+            from ..io.png import resize_rgby
 
             px = resize_rgby(px, self.img_size)
         return px
