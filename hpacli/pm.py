@@ -55,6 +55,8 @@ class _Manager:
         self.info: dict[str, PluginInfo] = {}
         self.load_errors: list[LoadError] = []
         self._loaded = False
+        # bumped whenever the set of plugins changes; the registries re-ask the hooks then
+        self.generation = 0
 
     def load(self) -> None:
         if self._loaded:
@@ -102,6 +104,7 @@ class _Manager:
         self.load()
         self.pm.register(plugin, name=name)
         self.info[name] = PluginInfo(name, package, version, False)
+        self.generation += 1
 
     def unregister(self, name: str) -> None:
         self.load()
@@ -109,6 +112,11 @@ class _Manager:
         if plugin is not None:
             self.pm.unregister(plugin, name=name)
         self.info.pop(name, None)
+        self.generation += 1
+
+    def is_builtin(self, name: str) -> bool:
+        info = self.info.get(name)
+        return bool(info and info.builtin)
 
 
 _manager = _Manager()
@@ -120,15 +128,10 @@ def get_manager() -> _Manager:
 
 
 def register_plugin(plugin: object, name: str, package: str = "(runtime)", version: str = "") -> None:
-    """Register a plugin object (a module or any object with hook implementations)."""
+    """Register a plugin object (a module or any object with hook implementations); the
+    registries see it on their next lookup."""
     get_manager().register(plugin, name, package, version)
-    from .registry import reset_registries
-
-    reset_registries()
 
 
 def unregister_plugin(name: str) -> None:
     get_manager().unregister(name)
-    from .registry import reset_registries
-
-    reset_registries()

@@ -41,6 +41,7 @@ from scipy import ndimage
 from ..classes import CHANNELS, CLASS_NAMES, MITOTIC_SPINDLE, N_CLASSES, NEGATIVE
 from ..errors import InputError
 from ..progress import NullProgress, add_task
+from ..summary import Summary
 from .synth_cells import Geometry, child_rng, make_geometry, reference_channels
 from .synth_patterns import PATTERN_NAMES, pattern_map
 
@@ -459,7 +460,7 @@ OUTPUTS = ("train", "test", "truth_labels", "train.csv", "sample_submission.csv"
 
 
 @dataclass
-class SynthSummary:
+class SynthSummary(Summary):
     out: Path
     n_train: int
     n_test: int

@@ -575,7 +575,7 @@ def truth_row(
     return image_id, w, h, format_prediction_string(labels, [1] * len(labels), masks)
 
 
-def write_submission(path: str | Path, rows: Iterable[tuple[str, int, int, str]]) -> int:
+def write_rows(path: str | Path, rows: Iterable[tuple[str, int, int, str]]) -> int:
     """Write rows ``(ID, ImageWidth, ImageHeight, PredictionString)`` with the header;
     returns the number of rows. Works for truth files too."""
     path = Path(path)

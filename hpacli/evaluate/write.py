@@ -25,12 +25,13 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import HpaError, InputError
+from ..summary import Summary
 
 _STORE = None  # per worker process
 
 
 @dataclass
-class WriteSummary:
+class WriteSummary(Summary):
     out: str
     images: int = 0
     images_without_cells: int = 0
@@ -39,9 +40,6 @@ class WriteSummary:
     seconds: float = 0.0
     bytes: int = 0
     classes: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def parse_classes(text: str | None) -> list[int] | None:

@@ -28,6 +28,9 @@ def _now() -> str:
 
 class StageRun:
     finished: str | None = None  # the status this process closed the record with
+    # what the stage has done so far (a dict, or a function giving one): recorded with
+    # ``failed`` when the block raises
+    summary = None
 
     def __init__(self, store, key: str, stage: str, params: dict, check_params: tuple[str, ...] = ()) -> None:
         self.store = store
@@ -55,7 +58,10 @@ class StageRun:
             "finished": None,
             "status": "running",
         }
-        store.update_attrs(key, {"provenance": record, "encoding": f"hpacli-stage-{stage}", "encoding_version": 1})
+        stamp = {"provenance": record}
+        if not store.attrs(key).get("encoding"):  # never over a layout module's own stamp
+            stamp.update({"encoding": f"hpacli-stage-{stage}", "encoding_version": 1})
+        store.update_attrs(key, stamp)
 
     def finish(self, status: str = "done", **summary: Any) -> None:
         record = dict(self.store.attrs(self.key).get("provenance") or {})
@@ -64,6 +70,10 @@ class StageRun:
             record["summary"] = to_plain(summary)
         self.store.update_attrs(self.key, {"provenance": record})
         self.finished = status
+
+    def keep_running(self) -> None:
+        """Leave the record ``running`` (other shards still work on the stage)."""
+        self.finished = "running"
 
     # ``with begin_stage(...) as run:`` records ``failed`` (with the error) when the block
     # raises, and ``done`` when it ends without calling finish() itself.
@@ -88,8 +98,10 @@ class StageRun:
             reason = "interrupted" if exc is not None else None
         else:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        done = self.summary() if callable(self.summary) else self.summary
+        summary = {**(done or {}), **summary}
         if reason:
-            summary = {**summary, "error": reason}
+            summary["error"] = reason
         self.finish("failed", **summary)
 
 
@@ -103,6 +115,11 @@ def begin_stage(store, key: str, stage: str, params: dict, check_params: tuple[s
     """
     store.require_writable()
     return StageRun(store, key, stage, params, check_params)
+
+
+def stage_record(store, key: str) -> dict:
+    """The provenance record of the stage group ``key`` ({} when none)."""
+    return dict(store.attrs(key).get("provenance") or {}) if store.has(key) else {}
 
 
 def claim_settings(store, key: str, settings: dict, what: str, hint: str = "pass --overwrite to start over") -> dict:

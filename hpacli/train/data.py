@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classes import NEGATIVE
+from ..data.views import random_dihedral
 from ..errors import HpaError, StoreError
-from .augment import random_dihedral
 
 
 def _split_item(item) -> tuple[int, int | None]:

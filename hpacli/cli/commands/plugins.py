@@ -13,6 +13,11 @@ def command(
         typer.Option("--list", help="List the names of one kind: backbones, segmenters, denoisers, losses."),
     ] = None,
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="Wildcard filter for --list, e.g. 'resnet*'.")] = "*",
+    options: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--options", metavar="KIND NAME", help="The options (-o key=value) one plugin object takes, "
+                     "e.g. --options denoiser graph-l1."),
+    ] = None,
 ) -> None:
     """Show the loaded plugins (built-ins included): package, version and what each registers."""
     from rich.table import Table
@@ -23,6 +28,9 @@ def command(
     from ...registry import REGISTRIES
 
     manager = get_manager()
+    if options:
+        _show_options(*options)
+        return
     if list_kind:
         kind = {"losses": "loss"}.get(list_kind, list_kind.rstrip("s"))
         if kind not in REGISTRIES:
@@ -60,6 +68,35 @@ def command(
 
 
 PLURAL = {"loss": "losses"}
+SUPPLIED = {"backbone": ("num_classes", "in_chans"), "segmenter": ("device", "batch_size")}
+
+
+def _show_options(kind: str, name: str) -> None:
+    """One line per option of a plugin object's factory: name and default."""
+    import inspect
+
+    from ...errors import HpaError
+    from ...registry import REGISTRIES
+
+    kind = {"losses": "loss"}.get(kind, kind.rstrip("s"))
+    if kind not in REGISTRIES:
+        raise HpaError(f"--options takes a kind ({', '.join(REGISTRIES)}) and a name")
+    entry = REGISTRIES[kind].get(name)
+    try:
+        params = list(inspect.signature(entry.factory).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    shown = 0
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name in SUPPLIED.get(kind, ()):
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            typer.echo(f"**{p.name}\t(any other keyword)")
+        else:
+            typer.echo(f"{p.name}\t{'(required)' if p.default is p.empty else repr(p.default)}")
+        shown += 1
+    if not shown:
+        typer.echo(f"{kind} {name!r} takes no options")
 
 
 def _commands_by_plugin() -> dict[str, list[str]]:
