@@ -2,12 +2,15 @@
 
 A stage adds each block it has to do with the crop units of its cells
 (:meth:`BlockLoop.add`: one unit per model input of the block, e.g. per fold model, or per
-input size), then iterates :meth:`BlockLoop.batches`. Each :class:`Batch` carries the
-block, the unit's key, the cells-table rows and their uint8 crops, the rows of images
-that could not be read (each reported once per block) and ``block_done`` on the block's
-last batch, when every unit of the block has been fed: the stage writes the block's
-rows and marks it done then. Problems (one text per unreadable image) are collected in
-:attr:`BlockLoop.problems` (at most :data:`MAX_PROBLEMS`, each once).
+input size), then calls :meth:`BlockLoop.run` with three functions of its own: a new
+buffer for a block, what to do with a batch (the forward pass, into the buffer), and how
+to write a finished block's rows. Each :class:`Batch` carries the block, the unit's key,
+the cells-table rows and their uint8 crops, and the rows of images that could not be read
+(each reported once per block). When every unit of a block has been fed, the block's rows
+are written and then its done marker (``BlockWork``), so a kill leaves each block done or
+to redo. Problems (one text per unreadable image) are collected in
+:attr:`BlockLoop.problems` (at most :data:`MAX_PROBLEMS`, each once). :func:`close_run`
+ends the stage's record: done when every block of every shard is, else still running.
 """
 
 from __future__ import annotations
@@ -82,6 +85,31 @@ class BlockLoop:
             yield Batch(block, key, raw["rows"].numpy(), raw["x"], np.asarray(skipped, dtype=np.int64), done)
             if done:
                 self._skipped.pop(block.index, None)
+
+
+    def run(self, work, new_buffer: Callable, on_batch: Callable, write_block: Callable) -> int:
+        """Feed every batch to ``on_batch(batch, buffer)`` with its block's buffer
+        (``new_buffer(block)``); write each finished block (``write_block(block, buffer)``),
+        then mark it done in ``work``. Returns the number of blocks finished."""
+        pending: dict[int, Any] = {}
+        finished = 0
+        for batch in self.batches():
+            b = batch.block
+            if b.index not in pending:
+                pending[b.index] = new_buffer(b)
+            on_batch(batch, pending[b.index])
+            if batch.block_done:
+                write_block(b, pending.pop(b.index))
+                work.mark_done(b)
+                finished += 1
+        return finished
+
+
+def close_run(stage, summary, work) -> None:
+    """Close a block stage's record with its summary: ``done`` when every block is done
+    (all shards), else ``running`` (other shards still to finish)."""
+    summary.complete = work.all_done()
+    stage.finish("done" if summary.complete else "running", **summary.as_dict())
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 from ..classes import N_CLASSES
 from ..data.views import PSEUDOLABEL_VIEWS, check_views
 from ..errors import HpaError, InputError
-from ..infer.blocks import BlockLoop, on_device
+from ..infer.blocks import BlockLoop, close_run, on_device
 from ..infer.device import resolve_device
 from ..infer.forward import predict_views, use_amp
 from ..infer.models import expand_model_paths, file_record
@@ -172,10 +172,7 @@ def run_pseudolabel(
     store,
     models,
     run: str = "default",
-    shard: Shard = Shard(),
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
+    shard: Shard = Shard(), batch_size: int = 16, device: str = "auto", workers: int = 2,  # the engine's
     views=PSEUDOLABEL_VIEWS,
     skip_duplicates: bool = True,
     folds: str = "default",
@@ -245,38 +242,33 @@ def run_pseudolabel(
         progress = progress or NullProgress()
         task = add_task(progress, f"pseudolabel {run}", loop.n_cells, unit="cell",
                         info=f"{len(fold_models)} model(s), {len(views)} views, {dev}")
-        pending: dict[int, dict] = {}
-        try:
-            with on_device([fm.model for fm in fold_models.values()], dev):
-                for batch in loop.batches():
-                    b = batch.block
-                    buf = pending.get(b.index)
-                    if buf is None:
-                        buf = pending[b.index] = {
-                            "probs": np.full((len(b), N_CLASSES), np.nan, np.float32),
-                            "emb": np.zeros((len(b), dim), np.float32),
-                            "model": cell_model[b.start : b.stop].copy(),
-                        }
-                    if len(batch.skipped):
-                        buf["model"][batch.skipped - b.start] = -1
-                        summary.cells_skipped += len(batch.skipped)
-                        progress.advance(task, len(batch.skipped))
-                    if len(batch.rows):
-                        probs, emb = predict_views(fold_models[batch.key].model, batch.x, views, dev, amp)
-                        buf["probs"][batch.rows - b.start] = probs
-                        buf["emb"][batch.rows - b.start] = emb
-                        progress.advance(task, len(batch.rows))
-                        summary.cells_labelled += len(batch.rows)
-                    if batch.block_done:
-                        write_block(store, run, b.start, buf["probs"], buf["emb"], buf["model"])
-                        work.mark_done(b)
-                        summary.blocks_done += 1
-                        del pending[b.index]
-        finally:
-            summary.problems = list(loop.problems)
-            stage.summary = summary.as_dict()
-        summary.complete = work.all_done()
-        stage.finish("done" if summary.complete else "running", **summary.as_dict())
+
+        def new_buffer(b):
+            return {"probs": np.full((len(b), N_CLASSES), np.nan, np.float32),
+                    "emb": np.zeros((len(b), dim), np.float32), "model": cell_model[b.start : b.stop].copy()}
+
+        def on_batch(batch, buf):
+            b = batch.block
+            if len(batch.skipped):
+                buf["model"][batch.skipped - b.start] = -1
+                summary.cells_skipped += len(batch.skipped)
+                progress.advance(task, len(batch.skipped))
+            if len(batch.rows):
+                probs, emb = predict_views(fold_models[batch.key].model, batch.x, views, dev, amp)
+                buf["probs"][batch.rows - b.start] = probs
+                buf["emb"][batch.rows - b.start] = emb
+                progress.advance(task, len(batch.rows))
+                summary.cells_labelled += len(batch.rows)
+
+        def write(b, buf):
+            write_block(store, run, b.start, buf["probs"], buf["emb"], buf["model"])
+            summary.blocks_done += 1
+
+        stage.summary = lambda: {**summary.as_dict(), "problems": list(loop.problems)}
+        with on_device([fm.model for fm in fold_models.values()], dev):
+            loop.run(work, new_buffer, on_batch, write)
+        summary.problems = list(loop.problems)
+        close_run(stage, summary, work)
     return summary
 
 

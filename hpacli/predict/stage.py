@@ -26,7 +26,7 @@ from ..classes import N_CLASSES, NEGATIVE
 from ..data.crops import CellInput, TileFill
 from ..data.views import DEFAULT_TTA, check_tta
 from ..errors import HpaError, InputError
-from ..infer.blocks import BlockLoop, on_device
+from ..infer.blocks import BlockLoop, close_run, on_device
 from ..infer.device import resolve_device
 from ..infer.forward import autocast, micro_batch_for, to_input, use_amp, view_average
 from ..infer.models import expand_model_paths, file_record
@@ -232,10 +232,7 @@ def run_predict(
     blend: float = 0.0,
     tta=DEFAULT_TTA,
     negative: str = "max",
-    shard: Shard = Shard(),
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
+    shard: Shard = Shard(), batch_size: int = 16, device: str = "auto", workers: int = 2,  # the engine's
     progress=None,
     *,
     split: str = "test",
@@ -337,46 +334,42 @@ def run_predict(
                         info=f"{len(specs)} cell model(s){' + image model' if image_spec else ''}, "
                              f"{len(views)} view(s), {dev}")
         micro = micro_batch_for(dev, batch_size)
-        pending: dict[int, dict] = {}
-        try:
-            with on_device([s.model for s in all_specs], dev):
-                for batch in loop.batches():
-                    b, k = batch.block, batch.key
-                    buf = pending.get(b.index)
-                    if buf is None:
-                        buf = pending[b.index] = {
-                            "cell": np.zeros((len(b), N_CLASSES), np.float64),
-                            "image": np.zeros((len(b), N_CLASSES), np.float64),
-                            "skipped": np.zeros(len(b), dtype=bool),
-                        }
-                    if len(batch.skipped):
-                        buf["skipped"][batch.skipped - b.start] = True
-                        summary.cells_skipped += len(batch.skipped)
-                        progress.advance(task, len(batch.skipped))
-                    if len(batch.rows):
-                        with torch.inference_mode(), autocast(dev, amp):
-                            x = to_input(batch.x, dev)
-                            for spec in groups[k]:
-                                p, _ = view_average(spec.model, x, views, micro)
-                                buf[spec.kind][batch.rows - b.start] += p.cpu().numpy()
-                        if k == first_group:  # count each cell once (first input group)
-                            progress.advance(task, len(batch.rows))
-                            summary.cells_predicted += len(batch.rows)
-                    if batch.block_done:
-                        _finish_block(store, name, work, b, buf, base.pop(b.index), need.pop(b.index),
-                                      len(specs), w_image, negative, cell_image, cell_id, cell_bbox)
-                        summary.blocks_done += 1
-                        del pending[b.index]
-        finally:
-            summary.problems = list(loop.problems)
-            stage.summary = summary.as_dict()
-        summary.complete = work.all_done()
-        stage.finish("done" if summary.complete else "running", **summary.as_dict())
+
+        def new_buffer(b):
+            return {"cell": np.zeros((len(b), N_CLASSES), np.float64),
+                    "image": np.zeros((len(b), N_CLASSES), np.float64), "skipped": np.zeros(len(b), dtype=bool)}
+
+        def on_batch(batch, buf):
+            b, k = batch.block, batch.key
+            if len(batch.skipped):
+                buf["skipped"][batch.skipped - b.start] = True
+                summary.cells_skipped += len(batch.skipped)
+                progress.advance(task, len(batch.skipped))
+            if len(batch.rows):
+                with torch.inference_mode(), autocast(dev, amp):
+                    x = to_input(batch.x, dev)
+                    for spec in groups[k]:
+                        p, _ = view_average(spec.model, x, views, micro)
+                        buf[spec.kind][batch.rows - b.start] += p.cpu().numpy()
+                if k == first_group:  # count each cell once (first input group)
+                    progress.advance(task, len(batch.rows))
+                    summary.cells_predicted += len(batch.rows)
+
+        def write(b, buf):
+            _write_block(store, name, b, buf, base.pop(b.index), need.pop(b.index), len(specs), w_image, negative,
+                         cell_image, cell_id, cell_bbox)
+            summary.blocks_done += 1
+
+        stage.summary = lambda: {**summary.as_dict(), "problems": list(loop.problems)}
+        with on_device([s.model for s in all_specs], dev):
+            loop.run(work, new_buffer, on_batch, write)
+        summary.problems = list(loop.problems)
+        close_run(stage, summary, work)
     return summary
 
 
-def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image, negative,
-                  cell_image, cell_id, cell_bbox) -> None:
+def _write_block(store, name, b, buf, probs, rows, n_cell_models, w_image, negative,
+                 cell_image, cell_id, cell_bbox) -> None:
     local = rows - b.start
     ok = local[~buf["skipped"][local]]
     p = np.zeros((len(ok), N_CLASSES), np.float64)
@@ -387,7 +380,6 @@ def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image
     probs[ok] = apply_negative(p.astype(np.float32), negative)
     P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
                   cell_bbox[b.start:b.stop])
-    work.mark_done(b)
 
 
 __all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "check_not_trained_on",

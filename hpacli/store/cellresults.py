@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .core import child_key
 
 STAMP = "cells_table_id"
 LEGACY_STAMPS = ("table_id",)
@@ -44,6 +45,14 @@ def stamp_of(attrs: dict) -> str | None:
         if attrs.get(name) is not None:
             return attrs[name]
     return None
+
+
+def list_sets(store, group: str, probe: str) -> list[str]:
+    """Names of the result sets under ``group`` (folders holding the column ``probe``)."""
+    folder = store.path / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / probe / "zarr.json").exists())
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,28 @@ class CellResults:
         block = self.block_of(attrs)
         done = self.work(n, attrs).done_mask()
         return np.repeat(done, block)[:n] if n else np.zeros(0, dtype=bool)
+
+    def status(self) -> dict:
+        """The group's attributes plus ``n_cells``, ``blocks``, ``blocks_done``, ``complete``
+        and ``stale`` (the cells table was rewritten since)."""
+        out = self.attrs()
+        n = self.n_rows()
+        work = self.work(n, out)
+        out.update(n_cells=n, blocks=work.n_blocks, blocks_done=work.n_done, complete=work.all_done(),
+                   stale=self.stale(out))
+        return out
+
+    def read_done(self, name: str, fill: Any, done: np.ndarray | None = None) -> np.ndarray:
+        """Column ``name`` with the rows not done (default: of blocks not done) set to ``fill``."""
+        col = self.columns[name]
+        out = self.read(name).astype(col.dtype)
+        out[~(self.done_rows() if done is None else done)] = fill
+        return out
+
+    def require_current(self, message: str) -> None:
+        """StoreError(``message``) when the rows belong to another cells table."""
+        if self.stale():
+            raise StoreError(message)
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Column ``name`` (all rows, or a slice); lost chunks are refused, not read as fill."""
@@ -177,9 +208,45 @@ class CellResults:
             else:
                 arr.set_orthogonal_selection(rows, value)
 
-    def require(self, message: str) -> None:
+    def existing(self, message: str, others: list[str] | None = None, what: str = "") -> CellResults:
+        """This set when it exists, else StoreError(``message``), naming the ``others`` there are."""
         if not self.exists():
-            raise StoreError(message)
+            raise StoreError(message + (f"; {what} in the store: {', '.join(others)}" if others else ""))
+        return self
 
 
-__all__ = ["STAMP", "CellResults", "Column", "current_table_id", "stamp_of"]
+__all__ = ["STAMP", "CellResults", "Column", "Kind", "current_table_id", "list_sets", "stamp_of"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of per-cell result set, named by the user (``labels/<run>``,
+    ``predictions/<name>``): where its sets live, their columns, and how to say that one
+    is missing."""
+
+    group: str
+    columns: tuple[Column, ...]
+    encoding: str
+    block: int
+    what: str  # "pseudo-labels"
+    listing: str  # "runs": what the others are called in a message
+    command: str  # "hpa pseudolabel --run {name}": how to make one
+    name_what: str = "run"  # what a name is called in a message about a bad name
+
+    def key(self, name: str) -> str:
+        return child_key(self.group, name, self.name_what)
+
+    def results(self, store, name: str, block: int | None = None) -> CellResults:
+        return CellResults(store, self.key(name), self.columns, self.encoding, block or self.block)
+
+    def names(self, store) -> list[str]:
+        return list_sets(store, self.group, self.columns[0].name)
+
+    def require(self, store, name: str) -> CellResults:
+        return self.results(store, name).existing(
+            f"the store {store.path} has no {self.what} {name!r}; run `{self.command.format(name=name)}`",
+            self.names(store), self.listing)
+
+    def status(self, store, name: str) -> dict:
+        """:meth:`CellResults.status` of an existing set."""
+        return self.require(store, name).status()

@@ -23,8 +23,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
-from .cellresults import CellResults, Column
-from .core import child_key
+from .cellresults import CellResults, Column, Kind
 
 GROUP = "predictions"
 BLOCK = 1024
@@ -38,51 +37,20 @@ COLUMNS = (
 )
 
 
-def name_key(name: str) -> str:
-    return child_key(GROUP, name, "predictions")
-
-
-def results(store, name: str, block: int = BLOCK) -> CellResults:
-    """The set's per-cell result set (:mod:`.cellresults`)."""
-    return CellResults(store, name_key(name), COLUMNS, ENCODING, block)
+KIND = Kind(GROUP, COLUMNS, ENCODING, BLOCK, "predictions", "predictions", "hpa predict --name {name}",
+            name_what="predictions")
+name_key = KIND.key
+results = KIND.results
+list_names = KIND.names
+_require = KIND.require
+info = KIND.status  # attributes plus n_cells, blocks, blocks_done, complete, stale
 
 
 # ---------------------------------------------------------------------------- readers
-
-
-def list_names(store) -> list[str]:
-    folder = store.path / GROUP
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "probs" / "zarr.json").exists())
-
-
-def _require(store, name: str) -> CellResults:
-    res = results(store, name)
-    if not res.exists():
-        have = list_names(store)
-        hint = f"; predictions in the store: {', '.join(have)}" if have else ""
-        raise StoreError(f"the store {store.path} has no predictions {name!r}; run `hpa predict --name {name}`{hint}")
-    return res
-
-
-def info(store, name: str) -> dict:
-    """Attributes plus ``n_cells``, ``blocks``, ``blocks_done``, ``complete``, ``stale``."""
-    res = _require(store, name)
-    out = res.attrs()
-    n = res.n_rows()
-    work = res.work(n, out)
-    out.update(n_cells=n, blocks=work.n_blocks, blocks_done=work.n_done, complete=work.all_done(),
-               stale=res.stale(out))
-    return out
-
-
 def check_current(store, name: str) -> None:
-    if info(store, name)["stale"]:
-        raise StoreError(
-            f"predictions {name!r} belong to an older cells table (images were added or segmented again); "
-            f"run `hpa predict --name {name}` again"
-        )
+    _require(store, name).require_current(
+        f"predictions {name!r} belong to an older cells table (images were added or segmented again); "
+        f"run `hpa predict --name {name}` again")
 
 
 def done_rows(store, name: str) -> np.ndarray:
@@ -92,10 +60,7 @@ def done_rows(store, name: str) -> np.ndarray:
 
 def read_probs(store, name: str = "default") -> np.ndarray:
     """float32 ``[C, 19]``; rows not predicted (or in blocks not done) are NaN."""
-    res = _require(store, name)
-    probs = res.read("probs").astype(np.float32)
-    probs[~res.done_rows()] = np.nan
-    return probs
+    return _require(store, name).read_done("probs", np.nan)
 
 
 def predicted_mask(store, name: str = "default") -> np.ndarray:
@@ -145,7 +110,7 @@ def prepare(store, name: str, n_cells: int, settings: dict, block: int = BLOCK,
                     "use another --name or --overwrite"
                 )
             if res.stale(old):
-                carried = _old_rows(CellResults(store, res.key, COLUMNS, ENCODING, int(old.get("block", BLOCK))))
+                carried = _old_rows(results(store, name, int(old.get("block", BLOCK))))
                 carried = carried or {}
                 res.delete()
         fresh = not res.exists() or res.stale() or store.attrs(res.key).get("settings") != settings

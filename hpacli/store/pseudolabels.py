@@ -29,8 +29,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
-from .cellresults import STAMP, CellResults, Column, current_table_id
-from .core import child_key
+from .cellresults import STAMP, Column, Kind, current_table_id
 
 GROUP = "labels"
 BLOCK = 1024
@@ -42,69 +41,28 @@ COLUMNS = (
 )
 
 
-def run_key(run: str) -> str:
-    return child_key(GROUP, run)
-
-
-def results(store, run: str) -> CellResults:
-    """The run's per-cell result set (:mod:`.cellresults`)."""
-    return CellResults(store, run_key(run), COLUMNS, ENCODING, BLOCK)
+KIND = Kind(GROUP, COLUMNS, ENCODING, BLOCK, "pseudo-labels", "runs", "hpa pseudolabel --run {name}")
+run_key = KIND.key
+results = KIND.results
+list_runs = KIND.names  # the runs in the store (complete or not)
+_require = KIND.require
+# the run's attributes (models, views, img_size, cells_table_id, provenance, ...) plus n_cells,
+# blocks_done, blocks, complete and stale (True when the cells table was rewritten since)
+run_info = KIND.status
 
 
 # ---------------------------------------------------------------------------- readers
-
-
-def list_runs(store) -> list[str]:
-    """Names of the pseudo-label runs in the store (complete or not)."""
-    folder = store.path / GROUP
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.name for p in folder.iterdir() if p.is_dir() and (p / "probs" / "zarr.json").exists()
-    )
-
-
-def _require(store, run: str) -> CellResults:
-    res = results(store, run)
-    if not res.exists():
-        runs = list_runs(store)
-        have = f"; runs in the store: {', '.join(runs)}" if runs else ""
-        raise StoreError(f"the store {store.path} has no pseudo-labels {run!r}; run `hpa pseudolabel --run {run}`{have}")
-    return res
-
-
-def run_info(store, run: str) -> dict:
-    """The run's attributes (models, views, img_size, cells_table_id, provenance, ...)
-    plus ``n_cells``, ``blocks_done``, ``blocks``, ``complete`` and ``stale`` (True when
-    the cells table was rewritten since)."""
-    res = _require(store, run)
-    info = res.attrs()
-    n = res.n_rows()
-    work = res.work(n, info)
-    info["n_cells"] = n
-    info["blocks"] = work.n_blocks
-    info["blocks_done"] = work.n_done
-    info["complete"] = work.all_done()
-    info["stale"] = res.stale(info)
-    return info
-
-
 def check_current(store, run: str) -> None:
     """Raise when the run was computed for another cells table (segmentation redone)."""
-    if run_info(store, run)["stale"]:
-        raise StoreError(
-            f"pseudo-labels {run!r} belong to an older cells table (segmentation was redone); "
-            f"run `hpa pseudolabel --run {run} --overwrite`"
-        )
+    _require(store, run).require_current(
+        f"pseudo-labels {run!r} belong to an older cells table (segmentation was redone); "
+        f"run `hpa pseudolabel --run {run} --overwrite`")
 
 
 def read_model(store, run: str) -> np.ndarray:
     """int8 ``[C]``: the fold of the model that labelled each cell, -1 where none did
     (yet: rows of blocks not done read -1)."""
-    res = _require(store, run)
-    model = res.read("model").astype(np.int8)
-    model[~res.done_rows()] = -1
-    return model
+    return _require(store, run).read_done("model", -1)
 
 
 def labelled_mask(store, run: str) -> np.ndarray:
@@ -114,10 +72,7 @@ def labelled_mask(store, run: str) -> np.ndarray:
 
 def read_probs(store, run: str) -> np.ndarray:
     """float32 ``[C, 19]`` probabilities; rows of unlabelled cells are NaN."""
-    res = _require(store, run)
-    probs = res.read("probs").astype(np.float32)
-    probs[~labelled_mask(store, run)] = np.nan
-    return probs
+    return _require(store, run).read_done("probs", np.nan, done=labelled_mask(store, run))
 
 
 def embedding_dim(store, run: str) -> int:
@@ -186,7 +141,7 @@ DECIDING = ("cells_table_id", "models", "views", "img_size", "folds", "skip_dupl
 
 
 def _prepare_run(store, run, n_cells, dim, attrs, block, overwrite):
-    res = CellResults(store, run_key(run), COLUMNS, ENCODING, block)
+    res = results(store, run, block)
     attrs = {STAMP: current_table_id(store), **attrs}
     if overwrite:
         res.delete()

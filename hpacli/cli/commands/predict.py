@@ -67,13 +67,8 @@ def command(
     crop_size: Annotated[
         int | None, typer.Option("--crop-size", min=8, help="Cell-model input side, for checkpoints that do not say.")
     ] = None,
-    shard: ShardOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 16,
-    workers: WorkersOpt = 2,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    shard: ShardOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = 16, workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Predict every cell: segment new images, run the cell models with test-time views, store the probabilities.
 

@@ -28,13 +28,8 @@ def command(
     keep_duplicates: Annotated[
         bool, typer.Option("--keep-duplicates", help="Also label the 2nd, 3rd... member of each duplicate group.")
     ] = False,
-    shard: ShardOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 16,
-    workers: WorkersOpt = 2,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    shard: ShardOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = 16, workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Label every cell of the validation images of each model's fold (out of fold).
 
