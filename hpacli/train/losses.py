@@ -130,7 +130,3 @@ def make_loss(name: str, **kwargs) -> Loss:
     base = name[len("soft-"):] if soft else name
     fn = BASE_LOSSES[base][0]
     return Loss(name, fn, soft=soft, **kwargs)
-
-
-def loss_names() -> list[str]:
-    return [*BASE_LOSSES, *(f"soft-{n}" for n in BASE_LOSSES)]
