@@ -54,6 +54,11 @@ _LAZY = {
     "evaluate_files": "hpacli.evaluate.metric",
     "evaluate_instances": "hpacli.evaluate.metric",
     "run_demo": "hpacli.demo",
+    # readers of what the stages stored
+    "CellTable": "hpacli.store.cells",
+    "read_labels_full": "hpacli.store.segmentation",
+    "truth_label_images": "hpacli.store.truth",
+    "cell_truth": "hpacli.evaluate.celltruth",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]
