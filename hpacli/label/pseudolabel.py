@@ -219,8 +219,8 @@ def run_pseudolabel(
     key = prepare_run(store, run, n_cells, dim, attrs, block=block, overwrite=overwrite)
     params = {"models": [fm.path for fm in fold_models.values()], "views": list(views), "folds": folds,
               "skip_duplicates": skip_duplicates, "batch_size": batch_size, "shard": str(shard)}
+    work = BlockWork(store, key, n_cells, block)  # another block size: refused before the stage starts
     with begin_stage(store, key, "pseudolabel", params) as stage:
-        work = BlockWork(store, key, n_cells, block)
         summary = PseudolabelSummary(
             run=run, cells_total=n_cells, cells_assigned=int((cell_model >= 0).sum()), blocks_total=work.n_blocks,
             skipped_duplicate_images=skipped, device=str(dev),

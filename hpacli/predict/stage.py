@@ -288,8 +288,8 @@ def run_predict(
     }
     key, carried = P.prepare(store, name, n_cells, settings, block=block, overwrite=overwrite)
     params = {**settings, "batch_size": batch_size, "shard": str(shard)}
+    work = BlockWork(store, key, n_cells, block)  # another block size: refused before the stage starts
     with begin_stage(store, key, "predict", params) as stage:
-        work = BlockWork(store, key, n_cells, block)
         summary.cells_total = n_cells
         summary.cells_selected = int(selected.sum())
         summary.blocks_total = work.n_blocks

@@ -160,12 +160,13 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
             f"{old.get('mask_scale') or 'auto'}); continue with the same settings or pass --overwrite"
         )
     claim_settings(store, seglayout.GROUP, settings, "the segmentation of this store")
+    # the layout is sized (or refused: masks larger than the stored canvas) before the stage starts
+    heights, widths = store.images.sizes()
+    shapes_all = [seglayout.mask_shape_for(int(h), int(w), mask_scale) for h, w in zip(heights, widths)]
+    canvas = (max(s[0] for s in shapes_all), max(s[1] for s in shapes_all))
+    seglayout.ensure_layout(store, n, canvas, block_size)
+    work = BlockWork(store, seglayout.GROUP, n, block_size)
     with begin_stage(store, seglayout.GROUP, "segment", params) as run:
-        heights, widths = store.images.sizes()
-        shapes_all = [seglayout.mask_shape_for(int(h), int(w), mask_scale) for h, w in zip(heights, widths)]
-        canvas = (max(s[0] for s in shapes_all), max(s[1] for s in shapes_all))
-        seglayout.ensure_layout(store, n, canvas, block_size)
-        work = BlockWork(store, seglayout.GROUP, n, block_size)
         counts = seglayout.n_cells(store)
         done = work.done_mask()
         todo: list[tuple] = []
