@@ -4,10 +4,15 @@ Every hook that registers named things receives a ``register`` callback::
 
     register(name, factory, description="")
 
-``factory(**kwargs)`` builds the object. hpacli's own backbones, segmenters, denoisers,
-losses and commands are registered through exactly these hooks (see ``hpacli/builtin``).
-A name already registered by an earlier plugin (hpacli's built-ins come first) is refused
-and reported by ``hpa plugins``; choose your own names.
+``factory(**kwargs)`` builds the object. ``register.family(names, factory,
+description="")`` registers many names at once, listed lazily: ``names()`` (which may
+import a heavy library) is called only when names are listed or a name is looked up that
+an earlier family may hold; ``factory(name, **kwargs)`` builds one (hpacli's timm
+backbones are one family, so `hpa plugins` and shell completion never import timm).
+hpacli's own backbones, segmenters, denoisers, losses and commands are registered through
+exactly these hooks (see ``hpacli/builtin``). A name already registered by an earlier
+plugin (hpacli's built-ins come first, timm's names included) is refused and reported by
+``hpa plugins``; choose your own names.
 
 Options. Users pass a plugin's own options on the command line with ``-o key=value``
 (``--option``; repeatable; the value is read as JSON when it parses — ``3``, ``0.5``,

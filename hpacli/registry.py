@@ -113,6 +113,8 @@ class _Register:
     def family(self, list_names: Callable[[], Iterable[str]], factory: Callable[..., Any],
                description: str = "") -> None:
         """Register every name ``list_names()`` gives (called lazily); ``factory(name, **kw)``."""
+        if not callable(list_names) or not callable(factory):
+            raise PluginError(f"plugin {self.plugin} registered a {self.registry.kind} family without callables")
         self._families.append(Family(list_names, factory, self.plugin, self.order, description))
 
 
@@ -148,10 +150,19 @@ class Registry:
         self._checked_families = False
         return entries
 
+    def _names_of(self, fam: Family) -> set[str]:
+        """A family's names; a library that fails to list them is reported, not fatal."""
+        try:
+            return fam.names()
+        except Exception as exc:  # a broken library must not hide the other names
+            self.errors.append((fam.plugin, f"{fam.description or 'names'}: {type(exc).__name__}: {exc}"))
+            fam._names = set()
+            return fam._names
+
     def _shadowed(self, name: str, order: int) -> Family | None:
         """The earlier family that also has ``name`` (it wins), if any."""
         for fam in self._families:
-            if fam.order < order and name in fam.names():
+            if fam.order < order and name in self._names_of(fam):
                 return fam
         return None
 
@@ -176,7 +187,7 @@ class Registry:
             self._check_families()
             found = set(self._entries)
             for fam in self._families:
-                found |= fam.names()
+                found |= self._names_of(fam)
         return sorted(n for n in found if fnmatch.fnmatchcase(n, pattern))
 
     def entries(self, pattern: str = "*") -> list[Entry]:
@@ -190,7 +201,7 @@ class Registry:
         for fam in sorted(self._families, key=lambda f: f.order):
             if hit is not None and fam.order > hit[1]:
                 break
-            if name in fam.names():
+            if name in self._names_of(fam):
                 if hit is not None:
                     self._check_families()
                 return Entry(name, partial(fam.factory, name), fam.plugin, fam.description)
@@ -200,7 +211,21 @@ class Registry:
         close = difflib.get_close_matches(name, found, n=5)
         listing = ", ".join(found) if len(found) <= 30 else f"{len(found)} names; `hpa plugins --list {self.kind}s` shows them"
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Registered: {listing}")
+        from .pm import get_manager
+
+        failed = sorted({e.name for e in get_manager().load_errors} | {p for p, _ in self.errors})
+        broken = f" Plugins that failed to load: {', '.join(failed)} (`hpa plugins` says why)." if failed else ""
+        raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Registered: {listing}.{broken}")
+
+    def summary(self) -> dict[str, dict[str, list[str]]]:
+        """Per plugin: the names it registered one by one and the descriptions of its
+        families, without resolving the families (``hpa plugins`` imports no library)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for entry, _ in self._collect().values():
+            out.setdefault(entry.plugin, {"names": [], "families": []})["names"].append(entry.name)
+        for fam in self._families:
+            out.setdefault(fam.plugin, {"names": [], "families": []})["families"].append(fam.description)
+        return out
 
     def parameters(self, name: str) -> list[str] | None:
         """The option names the factory of ``name`` accepts (None: any)."""

@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from hpacli.classes import CHANNELS
 from hpacli.data.ingest import kaggle_candidates, run_ingest
+from hpacli.errors import EXIT_USAGE
 from hpacli.prep.dedup import (
     choose_blocks,
     connected_groups,
@@ -270,9 +271,9 @@ def test_cli_dedup(tmp_path):
     png = Image.open(out.with_suffix(".png"))
     assert png.size[0] > 256 and png.size[1] > 256
     bad = CliRunner().invoke(build_app(), ["dedup", "--store", str(tmp_path / "s.zarr"), "--source", "x", "-q"])
-    assert bad.exit_code == 2 and "--source" in bad.output
+    assert bad.exit_code == EXIT_USAGE and "--source" in bad.output
     missing = CliRunner().invoke(build_app(), ["dedup", "--store", str(tmp_path / "none.zarr"), "-q"])
-    assert missing.exit_code == 2 and "no store" in missing.output
+    assert missing.exit_code == EXIT_USAGE and "no store" in missing.output
 
 
 # ------------------------------------------------------------------ two ingests, with and without the cache
@@ -342,7 +343,7 @@ def test_cli_dedup_checks_the_output_before_storing(tmp_path, monkeypatch):
                      (tmp_path / "dups.csv", "is a folder"),
                      (tmp_path / ("n" * 300) / "d.csv", "longer than 255 bytes")):
         res = CliRunner().invoke(build_app(), ["dedup", "--store", str(store), "-o", str(bad), "-q"])
-        assert res.exit_code == 2, (bad, res.output)
+        assert res.exit_code == EXIT_USAGE, (bad, res.output)
         assert "Traceback" not in res.output and why in " ".join(res.output.split()), res.output
         assert not store.joinpath("dedup").exists()  # nothing stored
     # by default the CSV goes beside the store, whatever the current folder

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from hpacli.errors import EXIT_USAGE
+
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end_and_resume(cli, tmp_path):
@@ -35,4 +37,4 @@ def test_demo_quick_end_to_end_and_resume(cli, tmp_path):
     assert json.loads((out / "scores.json").read_text()) == scores
     # other settings in the same folder are refused
     other = cli(["demo", "--out", out, "--quiet", "--device", "cpu"])
-    assert other.exit_code == 2 and "other settings" in other.output
+    assert other.exit_code == EXIT_USAGE and "other settings" in other.output

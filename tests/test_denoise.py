@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpacli.errors import HpaError, InputError
+from hpacli.errors import EXIT_USAGE, HpaError, InputError
 from hpacli.label import graph_l1 as gl
 from hpacli.label import knn as knnmod
 from hpacli.label import reference as ref
@@ -338,7 +338,7 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     assert "de-noised" in res.output
     res = runner.invoke(build_app(), ["denoise", "--store", s, "--run", "r", "--fold", "7", "--k", "20",
                                       "--n-eig", "12", "-q"])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == EXIT_USAGE and "does not exist" in res.output
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--top", "5", "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "threshold rule picks" in res.output
@@ -350,7 +350,7 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     assert (tmp_path / "mitotic_r.png").exists()
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--known", "outliers",
                                       "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "images table" in res.output  # this store has cells but no images
+    assert res.exit_code == EXIT_USAGE and "images table" in res.output  # this store has cells but no images
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--accept",
                                       str(tmp_path / "mitotic_r.csv")])
     assert res.exit_code == 0 and "accepted 5" in res.output

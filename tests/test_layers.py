@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"models", "data"},
     {"infer", "segment", "evaluate", "prep"},
     {"train", "label", "predict"},
-    {"review", "demo"},
+    {"review", "demo", "doctor"},
     {"cli", "builtin"},
 ]
 STORE_METHODS = {"attrs", "update_attrs", "array", "has", "group", "create_array", "ensure_array", "delete",

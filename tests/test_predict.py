@@ -11,7 +11,7 @@ import torch
 from hpacli.classes import CLASS_NAMES, N_CLASSES, NEGATIVE
 from hpacli.data import crops as C
 from hpacli.data import views as T
-from hpacli.errors import HpaError, StoreError
+from hpacli.errors import EXIT_USAGE, HpaError, StoreError
 from hpacli.predict.export import TABLE_COLUMNS, export_table, prediction_frame, write_overlays
 from hpacli.predict.stage import apply_negative, ingest_folder, run_predict
 from hpacli.store import Shard
@@ -299,6 +299,43 @@ def test_cli_from_a_folder_of_images_to_a_checked_submission(tmp_path, cli):
     res = cli(["evaluate", "--truth", data / "test_truth.csv", "--submission", sub])
     assert res.exit_code == 0, res.output
     res = cli(["predict", "--store", store, "--device", "cpu"])
-    assert res.exit_code == 2 and "no models given" in res.output
+    assert res.exit_code == EXIT_USAGE and "no models given" in res.output
     res = cli(["predict", "--store", store, "--models", model, "--negative", "min", "--device", "cpu"])
-    assert res.exit_code == 2 and "--negative" in res.output
+    assert res.exit_code == EXIT_USAGE and "--negative" in res.output
+
+
+def test_cli_models_with_commas_and_export_checked_before_predicting(setup, cli, monkeypatch):
+    store, _, models, _, tmp = setup
+    f0, f1 = (str(tmp / "runs" / f"fold{f}" / "best.pt") for f in range(2))
+    base = ["predict", "--store", store.path, "--tta", "id", "--device", "cpu", "--workers", "0", "--quiet"]
+    # an unknown export format, or Parquet without pyarrow: refused before any prediction
+    res = cli([*base, "--models", f"{f0},{f1}", "--export", tmp / "cells.json"])
+    assert res.exit_code == EXIT_USAGE and "unknown export format .json" in res.output
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import pyarrow -> ImportError
+    res = cli([*base, "--models", f"{f0},{f1}", "--export", tmp / "cells.parquet"])
+    assert res.exit_code == EXIT_USAGE and "pipx inject hpacli pyarrow" in res.output
+    assert P.list_names(store) == [] and not (tmp / "cells.parquet").exists()
+    monkeypatch.undo()
+    # 'a,b' is both models: the same probabilities as the glob
+    res = cli([*base, "--models", f"{f0},{f1}", "--name", "commas", "--export", tmp / "cells.csv"])
+    assert res.exit_code == 0, res.output
+    _predict(store, models, name="glob", tta=("id",))
+    _predict(store, f0, name="one", tta=("id",))
+    commas, glob, one = (P.read_probs(store, n) for n in ("commas", "glob", "one"))
+    np.testing.assert_allclose(commas, glob, atol=1e-6)  # batches differ (float rounding only)
+    assert np.nanmax(np.abs(commas - one)) > 1e-3  # and it is not just the first model
+    assert len(pd.read_csv(tmp / "cells.csv")) == int(P.predicted_mask(store, "commas").sum())
+
+
+def test_parquet_export(setup):
+    pytest.importorskip("pyarrow", reason="the parquet extra (hpacli[parquet]); .ci/run installs it")
+    store, _, models, _, tmp = setup
+    _predict(store, models, tta=("id",))
+    n = export_table(store, tmp / "cells.parquet")
+    export_table(store, tmp / "cells.csv")
+    pq = pd.read_parquet(tmp / "cells.parquet")
+    csv = pd.read_csv(tmp / "cells.csv")
+    assert list(pq.columns) == list(TABLE_COLUMNS) and len(pq) == n == len(csv) > 0
+    assert (pq["image"] == csv["image"]).all() and (pq["top_class"] == csv["top_class"]).all()
+    np.testing.assert_allclose(pq[list(CLASS_NAMES)].to_numpy(), csv[list(CLASS_NAMES)].to_numpy(), rtol=1e-5)
+    assert pq[CLASS_NAMES[0]].dtype == np.float32  # Parquet keeps the stored float32, CSV rounds to 6 digits

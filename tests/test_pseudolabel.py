@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hpacli.data import crops as C
-from hpacli.errors import HpaError
+from hpacli.errors import EXIT_USAGE, HpaError
 from hpacli.label.pseudolabel import run_pseudolabel
 from hpacli.store import Shard
 from hpacli.store import pseudolabels as PL
@@ -240,9 +240,9 @@ def test_cli_and_info_coverage(setup, cli):
     assert {r["fold"] for r in rows} == {"0", "1", "2", "unused"}
     assert all(r["labelled"] == (0 if r["fold"] == "unused" else r["cells"]) for r in rows)
     res = cli(["pseudolabel", "--store", store.path, "--models", "nope*.pt", "--quiet"])
-    assert res.exit_code == 2 and "no model checkpoint" in res.output
+    assert res.exit_code == EXIT_USAGE and "no model checkpoint" in res.output
     res = cli(["pseudolabel", "--store", store.path, "--models", models, "--views", "id,spin", "--quiet"])
-    assert res.exit_code == 2 and "unknown view" in res.output
+    assert res.exit_code == EXIT_USAGE and "unknown view" in res.output
 
 
 def test_unreadable_image_is_reported_and_skipped(setup):
@@ -261,3 +261,21 @@ def test_unreadable_image_is_reported_and_skipped(setup):
     assert not lab[img == bad].any()
     assert lab[(img != bad) & (folds[img] >= 0)].all()
     assert np.isnan(PL.read_probs(store, "b")[img == bad]).all()
+
+
+def test_models_separated_by_commas_and_repeated(setup, cli):
+    """--models 'a,b' --models c is the same as the glob of a, b and c (the help says so)."""
+    from hpacli.infer.models import split_model_args
+
+    store, _, models, tmp = setup
+    run_pseudolabel(store, models, run="glob", batch_size=4, device="cpu", workers=0)
+    f0, f1, f2 = (str(tmp / "runs" / f"fold{f}" / "best.pt") for f in range(3))
+    res = cli(["pseudolabel", "--store", store.path, "--models", f"{f0},{f1}", "--models", f2, "--run", "commas",
+               "--workers", "0", "--device", "cpu", "--batch-size", "4", "--quiet"])
+    assert res.exit_code == 0, res.output
+    for a, b in zip(_arrays(store, "glob"), _arrays(store, "commas")):
+        np.testing.assert_array_equal(a, b)
+    # a file whose name holds a comma is still one path
+    odd = tmp / "runs" / "a,b.pt"
+    odd.write_bytes(b"")
+    assert split_model_args([str(odd), f"{f0}, {f1}"]) == [str(odd), f0, f1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpacli.errors import HpaError, StoreError
+from hpacli.errors import EXIT_USAGE, HpaError, StoreError
 from hpacli.store import denoise as D
 from tests.browser import Chromium, find_chromium
 from tests.test_crops import make_cell_store
@@ -160,7 +160,7 @@ def test_accept_from_the_review_and_from_an_exported_csv(review_store, tmp_path,
     store, _ = review_store
     cells, _ = D.read_selection(store, RUN, "mitotic")
     res = cli(["select-mitotic", "--store", store.path, "--run", RUN, "--accept", "review"])
-    assert res.exit_code == 2 and "hpa review" in res.output
+    assert res.exit_code == EXIT_USAGE and "hpa review" in res.output
     session = open_session(store, RUN, "mitotic", reviewer="r1")
     for i, s in ((2, "accepted"), (4, "rejected"), (6, "accepted"), (7, "skipped")):
         session.decide(i, s)
@@ -195,11 +195,11 @@ def test_review_command_errors_are_one_line(review_store, cli):
     store, _ = review_store
     base = ["review", "--store", store.path, "--run", RUN, "--export", "x.csv"]
     res = cli([*base, "--selection", "nope"])
-    assert res.exit_code == 2 and "no selection 'nope'" in res.output
+    assert res.exit_code == EXIT_USAGE and "no selection 'nope'" in res.output
     res = cli([*base, "--class", "3"])
-    assert res.exit_code == 2 and "is for class 11" in res.output
+    assert res.exit_code == EXIT_USAGE and "is for class 11" in res.output
     res = cli([*base, "--selection", "../x"])
-    assert res.exit_code == 2 and "bad selection name" in res.output
+    assert res.exit_code == EXIT_USAGE and "bad selection name" in res.output
 
 
 # ----------------------------------------------------------------------------- endpoints

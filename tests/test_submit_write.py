@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hpacli.classes import N_CLASSES
-from hpacli.errors import HpaError, InputError
+from hpacli.errors import EXIT_USAGE, HpaError, InputError
 from hpacli.evaluate.metric import evaluate_files
 from hpacli.evaluate.submission import check_submission
 from hpacli.evaluate.write import parse_classes, write_submission
@@ -113,7 +113,7 @@ def test_missing_or_stale_predictions_are_refused_and_nothing_is_written(truth_s
 
 def test_cli_without_action_is_a_clear_error(cli):
     res = cli(["submit"])
-    assert res.exit_code == 2 and "nothing to do" in res.output
+    assert res.exit_code == EXIT_USAGE and "nothing to do" in res.output
 
 
 def test_run_encoder_is_byte_identical_and_rows_match_submission_row():

@@ -12,7 +12,7 @@ import torch
 from hpacli.classes import N_CLASSES
 from hpacli.data import crops as C
 from hpacli.data import views as V
-from hpacli.errors import HpaError, StoreError
+from hpacli.errors import EXIT_USAGE, HpaError, StoreError
 from hpacli.models import checkpoint as MC
 from hpacli.store import pseudolabels as PL
 from hpacli.train import cell as TC
@@ -355,13 +355,13 @@ def test_cli_train_cell_smoke(setup, cli):
     res = cli([*args[:-1], "--epochs", "2", "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
     assert [r["epoch"] for r in csv.DictReader(open(out / "log.csv"))] == ["0", "1", "2"]
-    # user errors: one line, exit 2
+    # user errors: one line, EXIT_USAGE
     res = cli(args)
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == EXIT_USAGE and "--resume" in res.output
     res = cli([*args[:6], "missing", *args[7:12], tmp / "x", *args[13:]])
-    assert res.exit_code == 2 and "no pseudo-labels 'missing'" in res.output
+    assert res.exit_code == EXIT_USAGE and "no pseudo-labels 'missing'" in res.output
     res = cli([*args, "--targets", "hard"])
-    assert res.exit_code == 2 and "--targets" in res.output
+    assert res.exit_code == EXIT_USAGE and "--targets" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
         MC.read_cell_input(init)
 

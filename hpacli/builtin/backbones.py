@@ -17,4 +17,4 @@ def _timm_names():
 def register_backbones(register):
     register("densenet121-hpa", lazy("hpacli.models.densenet_hpa:DenseNetHPA"),
              description="seed image model: DenseNet121 + avg|max head")
-    register.family(_timm_names, lazy("hpacli.models.timm_wrap:TimmClassifier"), description="timm")
+    register.family(_timm_names, lazy("hpacli.models.timm_wrap:TimmClassifier"), description="timm: every timm model name")

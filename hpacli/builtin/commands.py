@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
+    ("doctor", "doctor", TOOLS),
     ("demo", "demo", TOOLS),
 ]
 

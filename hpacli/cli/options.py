@@ -26,6 +26,7 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Discard this stage's stored results and start over.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
 
 # training (hpa train-image and hpa train-cell; each command keeps its own defaults)
 AccumOpt = Annotated[
@@ -56,7 +57,4 @@ PluginOptionsLongOpt = Annotated[
     typer.Option("--option", metavar="KEY=VALUE",
                  help="An option of the chosen backbone (repeatable); the value is read as JSON when it parses, "
                       "else as text."),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the closing summary as JSON on stdout (no progress display).")
 ]

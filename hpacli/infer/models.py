@@ -9,15 +9,27 @@ from pathlib import Path
 from ..errors import InputError
 
 
-def expand_model_paths(models) -> list[str]:
-    """Globs and paths (a list, or one string with commas; list items may hold commas too)
-    → the matching files, in order, each once."""
+def split_model_args(models) -> list[str]:
+    """``--models`` values → one glob or path each: a value may hold several separated by
+    commas (``'a.pt,b.pt'``), the option may be repeated, or both. A value that is an
+    existing file as a whole is kept whole (a path with a comma in its name)."""
     if isinstance(models, (str, os.PathLike)):
         models = [models]
-    parts = [p for m in models for p in str(m).split(",") if p.strip()]
     out: list[str] = []
-    for m in parts:
-        m = m.strip()
+    for m in models:
+        m = str(m).strip()
+        if "," in m and not Path(m).exists():
+            out.extend(part.strip() for part in m.split(",") if part.strip())
+        elif m:
+            out.append(m)
+    return out
+
+
+def expand_model_paths(models) -> list[str]:
+    """Globs and paths (a list and/or strings with commas) → the matching files, in order,
+    each once."""
+    out: list[str] = []
+    for m in split_model_args(models):
         hits = sorted(glob.glob(m)) if any(ch in m for ch in "*?[") else ([m] if Path(m).exists() else [])
         if not hits:
             raise InputError(f"no model checkpoint matches {m!r}")

@@ -130,3 +130,9 @@ def make_loss(name: str, **kwargs) -> Loss:
     base = name[len("soft-"):] if soft else name
     fn = BASE_LOSSES[base][0]
     return Loss(name, fn, soft=soft, **kwargs)
+
+
+def loss_names() -> list[str]:
+    """Every loss name this module builds (``builtin/losses.py`` lists them without torch;
+    a test keeps the two in step)."""
+    return [*BASE_LOSSES, *(f"soft-{n}" for n in BASE_LOSSES)]

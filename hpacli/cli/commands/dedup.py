@@ -64,7 +64,7 @@ def command(
                          f"rerun `hpa dedup` with another --out") from None
 
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json({**summary.as_dict(), "csv": str(out), "png": str(png) if drawn else None})
         return

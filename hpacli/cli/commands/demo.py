@@ -40,7 +40,7 @@ def command(
         result = run_demo(out, settings, device=device, progress=progress,
                           log=lambda msg: progress.console.print(msg, highlight=False))
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json(result)
         return

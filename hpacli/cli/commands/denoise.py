@@ -45,7 +45,7 @@ def command(
     from ...progress import console, make_progress
     from ...store import open_store
     from ..plugin_options import parse_options
-    from ..summary_json import print_json
+    from ..render import print_json
 
     folds: str | list[int] = "all"
     if fold != "all":

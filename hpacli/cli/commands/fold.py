@@ -39,7 +39,7 @@ def command(
     from ...progress import console
     from ...store import open_store
     from ...store.core import check_name
-    from ..summary_json import print_json
+    from ..render import print_json
 
     check_name(name, "fold set")
     st = open_store(store, "r+")  # a clear error when there is no store

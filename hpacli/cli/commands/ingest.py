@@ -58,7 +58,7 @@ def command(
             workers=workers, progress=progress, params=params,
         )
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json(report)
         return

@@ -41,7 +41,7 @@ def command(
     png.parent.mkdir(parents=True, exist_ok=True)
     drawn = negatives_png(st, png)
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json({**summary.as_dict(), "png": str(png) if drawn else None})
         return

@@ -53,7 +53,8 @@ def command(
     name: Annotated[str, typer.Option("--name", "-n", help="Name of the predictions in the store.")] = "default",
     split: Annotated[str, typer.Option("--split", help="Images whose cells to predict: test, train or all.")] = "test",
     export: Annotated[
-        Path | None, typer.Option("--export", help="Also write the per-cell table (.csv, or .parquet with pyarrow).")
+        Path | None, typer.Option("--export", help="Also write the per-cell table: .csv, or .parquet (needs pyarrow: "
+                                                 "`pipx inject hpacli pyarrow`).")
     ] = None,
     overlays: Annotated[int, typer.Option("--overlays", min=0, help="Write overlay PNGs with top labels for N images.")] = 0,
     overlay_dir: Annotated[
@@ -84,6 +85,10 @@ def command(
 
     if not models and image_model is None:
         raise InputError("no models given; pass --models 'runs/cell/fold*/best.pt' (and/or --image-model)")
+    if export is not None:
+        from ...predict.export import export_format
+
+        export_format(export)  # an unknown extension or a missing pyarrow fails now, not after predicting
     sh = parse_shard(shard)
     if images is not None and sh.count > 1:
         raise InputError("--images with --shard: register the images once first (`hpa ingest`, or `hpa predict "
@@ -131,7 +136,7 @@ def command(
             if not json_out:
                 console.print(f"[green]wrote[/] {len(paths)} overlay PNG(s) to {folder}", highlight=False)
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json({**summary.as_dict(), **extra})
 

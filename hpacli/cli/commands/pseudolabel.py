@@ -52,7 +52,7 @@ def command(
             progress=progress,
         )
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json(summary)
         return

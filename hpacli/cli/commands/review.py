@@ -34,10 +34,14 @@ def command(
     `hpa train-cell --selection` and `hpa select-mitotic --accept review` read them.
     The page listens on 127.0.0.1 only and needs the token in the printed URL.
     """
+    from ...errors import InputError
     from ...progress import console
     from ...review import open_session
     from ...store import denoise as D
     from ...store import open_store
+
+    if export is not None and export.suffix.lower() != ".csv":
+        raise InputError(f"--export {export}: the decisions are written as CSV; give a .csv path")
 
     st = open_store(store, "a")
     session = open_session(st, run, selection, cls=cls, reviewer=reviewer)

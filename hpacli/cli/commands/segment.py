@@ -61,7 +61,7 @@ def command(
     from ...segment.stage import run_segment
     from ...store import open_store, parse_shard
     from ..plugin_options import parse_options
-    from ..summary_json import print_json
+    from ..render import print_json
 
     options = parse_options(option, {"nuclei_model": str(nuclei_model) if nuclei_model else None,
                                      "cell_model": str(cell_model) if cell_model else None})

@@ -38,7 +38,7 @@ def command(
     from ...label.denoise import run_accept, run_select
     from ...progress import console
     from ...store import open_store
-    from ..summary_json import print_json
+    from ..render import print_json
 
     st = open_store(store, "r+")  # never create a store here
     if accept is not None:

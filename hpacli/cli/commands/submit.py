@@ -63,7 +63,7 @@ def _run_write(out: Path, store: Path, predictions: str, min_conf: float, classe
         s = write_submission(st, predictions=predictions, out=out, min_conf=min_conf, classes=parse_classes(classes),
                              split=split, workers=workers, progress=progress)
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json(s)
         return
@@ -100,4 +100,6 @@ def _run_check(path: Path, images: Path | None, max_problems: int) -> None:
         table.add_row("", "...", f"{report.problems.count - len(report.problems.items)} more")
     console.print(table)
     console.print(f"[bold red]not ready to submit:[/] {path}: {summary}", highlight=False)
-    raise typer.Exit(1)
+    from ...errors import EXIT_PROBLEMS
+
+    raise typer.Exit(EXIT_PROBLEMS)

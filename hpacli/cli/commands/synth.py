@@ -45,7 +45,7 @@ def command(
         summary = run_synth(out, cfg, force=force, workers=workers, progress=progress)
     took = time.perf_counter() - t0
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         print_json(summary)
         return

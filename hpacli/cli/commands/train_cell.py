@@ -134,7 +134,7 @@ def command(
             save_minutes=save_minutes,
         )
     if json_out:
-        from ..summary_json import print_json
+        from ..render import print_json
 
         if is_rank0():
             print_json(summary)
