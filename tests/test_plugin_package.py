@@ -134,6 +134,11 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
     assert "hpa-plugin-testkit" in res.output and "testkit-knn-vote" in res.output
     # the clash with a built-in name is refused and said, not silently dropped
     assert "densenet121-hpa" in res.output and "registered first" in res.output
+    data = json.loads(_ok(cli(["plugins", "--json"])).stdout)
+    kit = next(p for p in data["plugins"] if p["name"] == "testkit")
+    assert kit["package"] == "hpa-plugin-testkit" and kit["version"] == "0.1.0" and not kit["builtin"]
+    assert "testkit-net" in kit["registers"]["backbones"] and kit["registers"]["denoisers"] == ["testkit-knn-vote"]
+    assert any(f["name"] == "testkit" and "'densenet121-hpa'" in f["error"] for f in data["failed"])
     from hpacli.registry import BACKBONES
 
     assert BACKBONES.get("densenet121-hpa").plugin == "hpacli.builtin.backbones"

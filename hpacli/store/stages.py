@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import EXIT_RUNTIME, HpaError
+from ..errors import EXIT_RUNTIME, HpaError, InputError
 from ..plaindata import to_plain
 
 
@@ -94,8 +94,9 @@ class StageRun:
 
     def fail(self, exc: BaseException | None = None, **summary: Any) -> None:
         """Record ``failed`` with a one-line reason (interrupted, or the error's message). An
-        :class:`HpaError` that ended the stage's work exits ``EXIT_RUNTIME`` (3), not 2."""
-        if isinstance(exc, HpaError):
+        :class:`HpaError` that ended the stage's work exits ``EXIT_RUNTIME`` (3), not 2; an
+        :class:`InputError` stays a refusal of bad input (2: ``--strict`` meeting a bad image)."""
+        if isinstance(exc, HpaError) and not isinstance(exc, InputError):
             exc.exit_code = EXIT_RUNTIME
         if exc is None or isinstance(exc, KeyboardInterrupt):
             reason = "interrupted" if exc is not None else None
