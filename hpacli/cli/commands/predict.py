@@ -85,10 +85,6 @@ def command(
 
     if not models and image_model is None:
         raise InputError("no models given; pass --models 'runs/cell/fold*/best.pt' (and/or --image-model)")
-    if export is not None:
-        from ...predict.export import export_format
-
-        export_format(export)  # an unknown extension or a missing pyarrow fails now, not after predicting
     sh = parse_shard(shard)
     if images is not None and sh.count > 1:
         raise InputError("--images with --shard: register the images once first (`hpa ingest`, or `hpa predict "
@@ -97,7 +93,10 @@ def command(
 
     # output paths are checked before anything is registered, deleted or computed
     if export is not None:
+        from ...predict.export import export_format
+
         check_out_file(export, "--export")
+        export_format(export)  # an unknown extension or a missing pyarrow fails now, not after predicting
     if overlays or overlay_dir is not None:
         check_out_dir(overlay_dir or Path(store).parent / f"{Path(store).name}-predict-overlays", "--overlay-dir")
     # without --images the store must exist; with it, the store is created when missing
