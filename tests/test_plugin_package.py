@@ -69,6 +69,7 @@ def _one_line(res, *words):
     return text
 
 
+@pytest.mark.slow
 def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cli, monkeypatch):
     from hpacli.store import denoise as D
     from hpacli.store import open_store
