@@ -188,8 +188,7 @@ def read_labels(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _original_size(store, image_index: int) -> tuple[int, int]:
-    i = int(image_index)
-    return int(store.array("images/height")[i]), int(store.array("images/width")[i])
+    return store.images.size_of(image_index)
 
 
 def read_labels_full(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +251,7 @@ def build_cells_table(store, progress=None, params: dict | None = None) -> int:
     progress = progress or NullProgress()
     n = store.images.n
     counts = n_cells(store)
-    heights = np.asarray(store.array("images/height")[:n])
-    widths = np.asarray(store.array("images/width")[:n])
+    heights, widths = store.images.sizes()
     task = add_task(progress, "cells table", n, unit="img")
     cols: dict[str, list] = {k: [] for k in ("image", "cell_id", "bbox", "area", "nucleus_bbox", "border")}
     for i in range(n):
@@ -279,7 +277,42 @@ def finish_lock(store):
     return store.lock(FINISH_LOCK)
 
 
-def segmentation_summary(store):
+# ------------------------------------------------------------------------------ the stage's record
+def previous_params(store) -> dict:
+    """The parameters the segmentation in the store was made with ({} when none)."""
+    return dict((store.attrs(GROUP).get("provenance") or {}).get("params") or {})
+
+
+def has_settings(store) -> bool:
+    """True when the segmentation records the options that decide its masks (``claim_settings``)."""
+    return "settings" in store.attrs(GROUP)
+
+
+def clear(store) -> None:
+    """Delete the segmentation (``--overwrite``)."""
+    store.delete(GROUP)
+
+
+def cells_table_current(store, n_images: int) -> bool:
+    """True when the cells table exists, covers ``n_images`` and is the one this
+    segmentation built."""
+    from .cells import CellTable, covers
+
+    if not covers(store, n_images):
+        return False
+    return CellTable(store).table_id == store.attrs(GROUP).get("cells_table_id")
+
+
+def note_cells_table(store) -> str:
+    """Record the cells table just built from this segmentation; returns its id."""
+    from .cells import CellTable
+
+    table_id = CellTable(store).table_id
+    store.update_attrs(GROUP, {"cells_table_id": table_id})
+    return table_id
+
+
+def summary_section(store):
     """``hpa info`` section: segmentation coverage."""
     if not store.has(f"{GROUP}/n_cells"):
         return None

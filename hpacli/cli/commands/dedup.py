@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -29,6 +29,7 @@ def command(
     workers: WorkersOpt = 2,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold."""
     from rich.table import Table
@@ -48,7 +49,7 @@ def command(
     check_out_file(out, "--out")  # before anything is stored
     check_out_file(out.with_suffix(".png"), "--out (the PNG beside it)")
     st = open_store(store, "r+")
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress)
     pairs, dist = read_pairs(st)
@@ -62,6 +63,11 @@ def command(
         raise InputError(f"the duplicate groups are stored, but writing {out} failed: {exc.strerror or exc}; "
                          f"rerun `hpa dedup` with another --out") from None
 
+    if json_out:
+        from ..render import print_json
+
+        print_json({**summary.as_dict(), "csv": str(out), "png": str(png) if drawn else None})
+        return
     table = Table(title=f"duplicates (distance <= {threshold} in R, G and B)")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -70,11 +76,11 @@ def command(
                        ("images in groups", "n_images_in_groups"), ("largest group", "largest_group"),
                        ("train-test pairs", "train_test_pairs"),
                        ("cross-source pairs", "cross_source_pairs")):
-        table.add_row(label, f"{summary[key]:,}")
+        table.add_row(label, f"{getattr(summary, key):,}")
     console.print(table)
-    console.print(f"hashed from: {summary['source']}")
-    if summary.get("problems"):
+    console.print(f"hashed from: {summary.source}")
+    if summary.problems:
         from ..render import problems_table
 
-        console.print(problems_table(summary["problems"]))
+        console.print(problems_table(summary.problems))
     console.print(f"[green]pairs[/] written to {out}" + (f"; {drawn} pair(s) drawn in {png}" if drawn else ""))
