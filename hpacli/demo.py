@@ -24,6 +24,7 @@ import numpy as np
 from .classes import MITOTIC_SPINDLE, N_CLASSES
 from .errors import HpaError
 from .plaindata import to_plain
+from .summary import Summary
 
 
 @dataclass
@@ -66,7 +67,7 @@ STEPS = ("synth", "ingest", "segment", "dedup", "fold", "train-image", "pseudola
 
 
 @dataclass
-class DemoResult:
+class DemoResult(Summary):
     out: Path
     settings: dict
     timings: dict[str, float] = field(default_factory=dict)
@@ -208,7 +209,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
                          min_hits=s.select_min_hits)
         # the demo accepts the selection as it is; a person would review it first, in `hpa review`
         log(f"select-mitotic: a person would review these cells now: hpa review --store {store_path} --run oof")
-        accepted = run_accept(st, "oof", sel.csv, name="mitotic") if sel.csv is not None else 0
+        accepted = run_accept(st, "oof", sel.csv, name="mitotic").accepted if sel.csv is not None else 0
         return {"selected": int(len(sel.cells)), "accepted": int(accepted), "counts": sel.counts,
                 "gallery": str(sel.gallery) if sel.gallery else None}
 

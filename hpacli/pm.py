@@ -97,6 +97,8 @@ class _Manager:
         self._builtins_loaded = False
         self._loaded = False
         self._tried: set[str] = set()
+        # bumped whenever the set of plugins changes; the registries re-ask the hooks then
+        self.generation = 0
 
     def load_builtins(self) -> None:
         if self._builtins_loaded:
@@ -108,6 +110,7 @@ class _Manager:
             module = importlib.import_module(modname)
             self.pm.register(module, name=modname)
             self.info[modname] = PluginInfo(modname, "hpacli", __version__, True)
+        self.generation += 1
 
     def load(self) -> None:
         """Built-ins and every allowed entry-point plugin."""
@@ -139,6 +142,7 @@ class _Manager:
             self.load_errors.append(LoadError(ep.name, package, f"{type(exc).__name__}: {exc}"))
             return False
         self.info[ep.name] = PluginInfo(ep.name, package, pkg_version, False, time.perf_counter() - start)
+        self.generation += 1
         return True
 
     def register(self, plugin: object, name: str, package: str = "(runtime)", version: str = "") -> None:
@@ -146,6 +150,7 @@ class _Manager:
         self.load()
         self.pm.register(plugin, name=name)
         self.info[name] = PluginInfo(name, package, version, False)
+        self.generation += 1
 
     def unregister(self, name: str) -> None:
         self.load()
@@ -153,6 +158,11 @@ class _Manager:
         if plugin is not None:
             self.pm.unregister(plugin, name=name)
         self.info.pop(name, None)
+        self.generation += 1
+
+    def is_builtin(self, name: str) -> bool:
+        info = self.info.get(name)
+        return bool(info and info.builtin)
 
 
 _manager = _Manager()
@@ -168,15 +178,10 @@ def get_manager(entry_points: bool = True) -> _Manager:
 
 
 def register_plugin(plugin: object, name: str, package: str = "(runtime)", version: str = "") -> None:
-    """Register a plugin object (a module or any object with hook implementations)."""
+    """Register a plugin object (a module or any object with hook implementations); the
+    registries see it on their next lookup."""
     get_manager().register(plugin, name, package, version)
-    from .registry import reset_registries
-
-    reset_registries()
 
 
 def unregister_plugin(name: str) -> None:
     get_manager().unregister(name)
-    from .registry import reset_registries
-
-    reset_registries()

@@ -117,8 +117,8 @@ def test_the_torchscript_payload_really_runs_when_loaded_the_unsafe_way(tmp_path
 
 def _loaders():
     from hpacli.models.bestfitting import read_bestfitting
+    from hpacli.models.checkpoint import init_from, load_model, read_checkpoint
     from hpacli.segment.weights import load_dpn_unet
-    from hpacli.train.checkpoint import init_from, load_model, read_checkpoint
 
     def init(path):
         return init_from(torch.nn.Linear(2, 2), path)
@@ -209,8 +209,8 @@ def broken_files(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 def bad_configs(tmp: Path) -> dict[str, tuple[Path, str]]:
     """Our own format with a missing or malformed model config."""
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     m = TimmClassifier("test_resnet")
     sd = m.state_dict()
@@ -236,7 +236,7 @@ def bad_configs(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_broken_files_and_bad_configs_are_one_line_errors(tmp_path):
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     for name, (path, want) in broken_files(tmp_path).items():
         with pytest.raises(HpaError) as err:

@@ -257,8 +257,8 @@ def test_bad_file_with_strict_is_one_line(cli, tmp_path):
 
 # ------------------------------------------------------------------ IDs that would escape their folder
 def test_check_image_id():
-    from hpacli.data.ids import check_image_id, image_id_problem
     from hpacli.errors import InputError
+    from hpacli.io.ids import check_image_id, image_id_problem
 
     for good in ("abc", "10580_1610_C1_1", "5a7e1c8e-bbbb-11e8-b2ba-ac1f6b6435d0", "a.b", "..a", "é" * 50):
         assert check_image_id(good) == good
@@ -282,7 +282,7 @@ def _half_dataset(root: Path, n: int = 10) -> tuple[Path, list[str]]:
 
 
 def _expected_cache(data: Path, image_id: str, size: int) -> np.ndarray:
-    from hpacli.data.pngio import channel_paths, read_rgby, resize_rgby
+    from hpacli.io.png import channel_paths, read_rgby, resize_rgby
 
     return resize_rgby(read_rgby(channel_paths(data / "train", image_id)), size)
 

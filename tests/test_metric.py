@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from hpacli.errors import InputError
-from hpacli.evaluate.masks import encode_mask
 from hpacli.evaluate.metric import (
     average_precision,
     evaluate,
@@ -19,6 +18,7 @@ from hpacli.evaluate.metric import (
     pairwise_iou,
 )
 from hpacli.evaluate.submission import HEADER, ImageInstances, format_prediction_string, parse_frame
+from hpacli.io.masks import encode_mask
 
 
 def rect(h, w, r0, r1, c0, c1):
@@ -223,7 +223,7 @@ def test_bad_inputs_raise_input_errors_with_lines():
 
 
 def _decode_rows(df):
-    from hpacli.evaluate.masks import decode_mask
+    from hpacli.io.masks import decode_mask
 
     out = {}
     for _, row in df.iterrows():

@@ -10,8 +10,8 @@ import torch
 
 from hpacli.classes import CLASS_NAMES, N_CLASSES, NEGATIVE
 from hpacli.data import crops as C
+from hpacli.data import views as T
 from hpacli.errors import EXIT_USAGE, HpaError, StoreError
-from hpacli.predict import tta as T
 from hpacli.predict.export import TABLE_COLUMNS, export_table, prediction_frame, write_overlays
 from hpacli.predict.stage import apply_negative, ingest_folder, run_predict
 from hpacli.store import Shard
@@ -31,8 +31,8 @@ def cell_extra(size=CROP, work_size=None, fit="resize"):
 
 
 def save_model(path, extra, seed):
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet").eval()
@@ -56,7 +56,7 @@ def _predict(store, models, **kw):
 
 def _reference(store, model_paths, image_path, row, views, blend):
     """One cell by hand: its masked crop, each model and view on its own."""
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     cells = CellTable(store)
     img = int(cells.column("image")[row])
@@ -102,8 +102,8 @@ def test_ensemble_views_and_blend_match_a_hand_computation(setup):
 
 
 def test_crop_geometry_comes_from_the_checkpoint(setup):
+    from hpacli.models.checkpoint import load_model
     from hpacli.predict.stage import load_cell_model
-    from hpacli.train.checkpoint import load_model
 
     store, _, _, image, tmp = setup
     path = save_model(tmp / "pad.pt", cell_extra(CROP, 48, "pad"), 11)
@@ -156,7 +156,7 @@ def test_views_invert(lib):
     x = rng.integers(0, 255, (2, 4, 32, 32)).astype(np.uint8)
     x = torch.from_numpy(x) if lib == "torch" else x
     as_np = (lambda a: a.numpy()) if lib == "torch" else np.asarray
-    for name in C.VIEWS:
+    for name in T.VIEWS:
         y = T.apply_view(x, name)
         assert np.array_equal(as_np(T.invert_view(y, name)), as_np(x)), name
         if name != "id":

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def save_fold_model(path: Path, fold: int, seed: int, train_images=None) -> Path:
     """A tiny timm model saved as `hpa train-image` saves it (fold and size in train_config.extra)."""
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet").eval()
@@ -57,7 +57,8 @@ def _arrays(store, run):
 
 def _reference(store, labels, models_glob, rows):
     """Predictions computed by hand, one cell at a time, each view on its own."""
-    from hpacli.label.pseudolabel import expand_model_paths, load_fold_models
+    from hpacli.infer.models import expand_model_paths
+    from hpacli.label.pseudolabel import load_fold_models
     from hpacli.store.cells import CellTable
     from hpacli.store.folds import read_image_folds
 
@@ -126,8 +127,8 @@ def test_a_model_that_trained_on_an_image_is_refused(setup):
     with pytest.raises(HpaError, match="leak: .*fold0.pt trained on 1 of the images it would label"):
         run_pseudolabel(store, [str(tmp / "bad" / "fold0.pt")], run="bad", device="cpu", workers=0)
     # a checkpoint that does not say what it trained on cannot be checked: refused
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     m = TimmClassifier("test_resnet")
     save_checkpoint(tmp / "silent.pt", {"model_config": m.config, "model": m.state_dict(),
@@ -264,7 +265,7 @@ def test_unreadable_image_is_reported_and_skipped(setup):
 
 def test_models_separated_by_commas_and_repeated(setup, cli):
     """--models 'a,b' --models c is the same as the glob of a, b and c (the help says so)."""
-    from hpacli.label.pseudolabel import split_model_args
+    from hpacli.infer.models import split_model_args
 
     store, _, models, tmp = setup
     run_pseudolabel(store, models, run="glob", batch_size=4, device="cpu", workers=0)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from hpacli.errors import EXIT_USAGE, InputError
-from hpacli.evaluate.masks import decode_mask, encode_mask
 from hpacli.evaluate.submission import (
     HEADER,
     check_submission,
@@ -19,8 +18,9 @@ from hpacli.evaluate.submission import (
     read_parsed,
     submission_row,
     truth_row,
-    write_submission,
+    write_rows,
 )
+from hpacli.io.masks import decode_mask, encode_mask
 
 
 def _labels():
@@ -44,8 +44,8 @@ def files(tmp_path):
     lab = _labels()
     truth = tmp_path / "truth.csv"
     sub = tmp_path / "sub.csv"
-    write_submission(truth, [truth_row("img0", lab, CELLS), truth_row("img1", lab, {9: [5, 16]})])
-    write_submission(sub, [submission_row("img0", lab, _probs(rng, lab)), submission_row("img1", lab, _probs(rng, lab))])
+    write_rows(truth, [truth_row("img0", lab, CELLS), truth_row("img1", lab, {9: [5, 16]})])
+    write_rows(sub, [submission_row("img0", lab, _probs(rng, lab)), submission_row("img1", lab, _probs(rng, lab))])
     return truth, sub
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from hpacli.classes import N_CLASSES
 from hpacli.errors import EXIT_USAGE, HpaError, InputError
-from hpacli.evaluate.masks import decode_mask
 from hpacli.evaluate.metric import evaluate_files
 from hpacli.evaluate.submission import check_submission
 from hpacli.evaluate.write import parse_classes, write_submission
+from hpacli.io.masks import decode_mask
 from hpacli.store import segmentation as seg
 from tests.predict_store import make_truth_store, perfect_probs, put_predictions
 
@@ -117,9 +117,9 @@ def test_cli_without_action_is_a_clear_error(cli):
 
 
 def test_run_encoder_is_byte_identical_and_rows_match_submission_row():
-    from hpacli.evaluate.masks import encode_label_image
     from hpacli.evaluate.submission import submission_row
     from hpacli.evaluate.write import encode_label_runs, image_row
+    from hpacli.io.masks import encode_label_image
 
     rng = np.random.default_rng(3)
     for h, w in ((7, 5), (40, 33), (64, 64)):

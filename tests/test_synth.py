@@ -15,7 +15,7 @@ from hpacli.classes import MITOTIC_SPINDLE, N_CLASSES, parse_labels
 from hpacli.cli.app import build_app
 from hpacli.data.synth import SynthConfig, run_synth
 from hpacli.errors import EXIT_USAGE, InputError
-from hpacli.evaluate.masks import decode_mask
+from hpacli.io.masks import decode_mask
 from hpacli.store import open_store
 from hpacli.store.truth import read_truth, truth_label_images, write_truth
 

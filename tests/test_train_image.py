@@ -14,11 +14,12 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from hpacli.data.views import dihedral  # noqa: E402
 from hpacli.errors import EXIT_USAGE, HpaError  # noqa: E402
-from hpacli.train.augment import dihedral  # noqa: E402
 from hpacli.train.data import ArrayDataset, StoreImageDataset, select_image_rows  # noqa: E402
+from hpacli.train.metrics import average_precision, macro_map  # noqa: E402
 from hpacli.train.schedules import lr_at  # noqa: E402
-from hpacli.train.trainer import TrainConfig, Trainer, average_precision, macro_map  # noqa: E402
+from hpacli.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -212,7 +213,7 @@ def test_cli_train_image_smoke(tmp_path):
     from typer.testing import CliRunner
 
     from hpacli.cli.app import build_app
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     st = _tiny_store(tmp_path)
     out = tmp_path / "runs" / "fold0"

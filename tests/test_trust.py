@@ -141,7 +141,7 @@ def test_cell_folds_of_a_resegmented_store_with_as_many_cells_are_refused(denois
 def test_select_and_train_cell_refuse_denoised_labels_of_replaced_cell_folds(denoise_store, cli):
     from hpacli.label.denoise import run_denoise, run_select
     from hpacli.store.folds import write_cell_folds
-    from hpacli.train.cell import read_denoised
+    from hpacli.train.cell_targets import read_denoised
 
     st, *_ = denoise_store
     run_denoise(st, "r", params=PARAMS, recall_sample=0)

@@ -57,3 +57,18 @@ TRAINING = "Training"
 INFERENCE = "Inference"
 TOOLS = "Tools"
 PANEL_ORDER = [DATA, TRAINING, INFERENCE, TOOLS]
+
+# a plugin's own options (backbone, segmenter, denoiser): `-o key=value`, repeatable
+PluginOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", metavar="KEY=VALUE",
+                 help="An option of the chosen plugin (repeatable); the value is read as JSON when it parses "
+                      "(3, 0.5, true, null, [1,2]), else as text. `hpa plugins --options KIND NAME` lists them."),
+]
+# the same without the short flag, for commands whose -o is --out
+PluginOptionsLongOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", metavar="KEY=VALUE",
+                 help="An option of the chosen backbone (repeatable); the value is read as JSON when it parses, "
+                      "else as text."),
+]

@@ -27,10 +27,12 @@ import pandas as pd
 
 from ..classes import N_CLASSES, parse_labels
 from ..errors import InputError
+from ..io.ids import image_id_problem
+from ..io.png import channel_paths, inspect_rgby, resize_rgby
 from ..progress import NullProgress, add_task
-from ..store import begin_stage
-from .ids import image_id_problem
-from .pngio import channel_paths, inspect_rgby, resize_rgby
+from ..store import begin_stage, stage_record
+from ..store.images import INGEST
+from ..summary import Summary
 
 COMMIT_EVERY = 64
 MAX_STORED_PROBLEMS = 10_000
@@ -46,7 +48,7 @@ class Candidate:
 
 
 @dataclass
-class IngestReport:
+class IngestReport(Summary):
     added: int = 0
     skipped_existing: int = 0
     problems: list[dict] = field(default_factory=list)
@@ -221,7 +223,6 @@ def run_ingest(
         else:
             ids_in_batch.add(cand.image_id)
             todo.append(cand)
-    run = begin_stage(store, "ingest", "ingest", params or {})
     progress = progress or NullProgress()
     task = add_task(progress, "ingest", len(todo), unit="img")
     pending: list = []
@@ -247,7 +248,8 @@ def run_ingest(
         report.added += len(keep)
         pending.clear()
 
-    try:
+    with begin_stage(store, INGEST, "ingest", params or {}) as run:
+        run.summary = lambda: {"added": report.added, "problems": report.problems[:MAX_STORED_PROBLEMS]}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for result, problem in pool.map(lambda c: _check(c, cache_size), todo):
                 if problem is not None:
@@ -261,25 +263,22 @@ def run_ingest(
                 progress.advance(task)
         commit()
         _fill_cache(table, report, strict=strict, workers=workers, progress=progress)
-    except BaseException:
-        run.finish("failed", added=report.added, problems=report.problems[:MAX_STORED_PROBLEMS])
-        raise
-    if table.cache_size is not None:
-        report.cache_size = table.cache_size
-        report.cache_missing = int((~table.cache_present()).sum())
-    old = (store.attrs("ingest").get("provenance") or {}).get("summary") or {}
-    run.finish(
-        "done",
-        added=report.added,
-        skipped_existing=report.skipped_existing,
-        n_problems=report.n_problems,
-        problems=report.problems[:MAX_STORED_PROBLEMS],
-        total_images=table.n,
-        previous_added=old.get("added"),
-        cache_size=report.cache_size,
-        cache_filled=report.cache_filled,
-        cache_missing=report.cache_missing,
-    )
+        if table.cache_size is not None:
+            report.cache_size = table.cache_size
+            report.cache_missing = int((~table.cache_present()).sum())
+        old = stage_record(store, INGEST).get("summary") or {}
+        run.finish(
+            "done",
+            added=report.added,
+            skipped_existing=report.skipped_existing,
+            n_problems=report.n_problems,
+            problems=report.problems[:MAX_STORED_PROBLEMS],
+            total_images=table.n,
+            previous_added=old.get("added"),
+            cache_size=report.cache_size,
+            cache_filled=report.cache_filled,
+            cache_missing=report.cache_missing,
+        )
     from ..store.truth import ingest_truth_files  # cell-level truth of synthetic datasets
 
     with table.lock():

@@ -20,37 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HpaError, InputError, StoreError
+from ..summary import Summary
 from . import select as sel
 from .graph_l1 import make_y_init
 
 
-class FoldEmbeddings:
-    """The embeddings of some cell rows as an array-like (``shape``, row slices), read
-    from the store in contiguous chunks on demand (float16)."""
-
-    def __init__(self, store, run: str, rows: np.ndarray) -> None:
-        from ..store import pseudolabels as pl
-
-        self.store, self.run, self.rows = store, run, np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self.rows), pl.embedding_dim(store, run))
-        self._pl = pl
-
-    def __getitem__(self, s):
-        if not isinstance(s, slice):
-            raise TypeError("FoldEmbeddings supports row slices only")
-        rows = self.rows[s]
-        if len(rows) == 0:
-            return np.zeros((0, self.shape[1]), dtype=np.float16)
-        parts = [e for _, e in self._pl.iter_embeddings(self.store, self.run, rows, chunk=len(rows))]
-        return np.concatenate(parts)
-
-
 @dataclass
-class DenoiseSummary:
+class DenoiseSummary(Summary):
+    run: str = "default"
+    denoiser: str = "graph-l1"
     folds_done: list[int] = field(default_factory=list)
     folds_skipped: list[int] = field(default_factory=list)
     cells: dict[int, int] = field(default_factory=dict)
     diagnostics: dict[int, dict] = field(default_factory=dict)
+    complete: bool = False
 
 
 def _fold_rows(store, run: str, cell_folds: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,20 +49,46 @@ def _fold_rows(store, run: str, cell_folds: str) -> tuple[np.ndarray, np.ndarray
     return fold, labelled
 
 
+def create(denoiser: str, options: dict | None = None):
+    """The denoiser ``denoiser`` built with its own ``options`` (checked against its
+    factory's signature: unknown keys are a one-line error naming the accepted ones)."""
+    from ..registry import DENOISERS
+
+    options = dict(options or {})
+    DENOISERS.check_options(denoiser, options)
+    return DENOISERS.create(denoiser, **options)
+
+
+def _contract(den, denoiser: str, options: dict) -> tuple[int, int, dict]:
+    """(min_cells, n_neighbours, params) of a denoiser, with the defaults of the hook spec."""
+    def as_int(name: str, default: int) -> int:
+        value = getattr(den, name, default)
+        try:
+            return int(value if value is not None else default)
+        except (TypeError, ValueError):
+            raise HpaError(f"denoiser {denoiser!r}: its {name} must be an int, not {value!r}") from None
+
+    params = getattr(den, "params", None)
+    params = dict(params) if isinstance(params, dict) else dict(options)
+    return max(1, as_int("min_cells", 1)), max(0, as_int("n_neighbours", 0)), params
+
+
 def run_denoise(store, run: str = "default", folds: str | list[int] = "all", denoiser: str = "graph-l1",
                 params: dict | None = None, cell_folds: str = "default", overwrite: bool = False,
                 recall_sample: int = 300, progress=None) -> DenoiseSummary:
-    """De-noise the cell folds of pseudo-label run ``run`` (see the module doc)."""
-    from ..registry import create_denoiser
+    """De-noise the cell folds of pseudo-label run ``run`` (see the module doc). ``params``
+    are the denoiser's own options (``-o key=value``)."""
+    from ..plaindata import to_plain
     from ..store import BlockWork, begin_stage
     from ..store import denoise as layout
     from ..store.cells import CellTable
     from ..store.folds import cell_folds_id
 
-    params = dict(params or {})
-    den = create_denoiser(denoiser, **params)
-    k = int(getattr(den, "k", params.get("k", 200)))  # counts the cell itself
-    width = max(k - 1, 1)  # the stored neighbour lists hold the k - 1 other cells
+    options = dict(params or {})
+    den = create(denoiser, options)
+    min_cells, n_neighbours, all_params = _contract(den, denoiser, options)
+    all_params = to_plain(all_params)
+    width = max(n_neighbours, 1)
     fold, _ = _fold_rows(store, run, cell_folds)
     n_folds = int(fold.max()) + 1 if (fold >= 0).any() else 0
     if n_folds == 0:
@@ -90,65 +99,65 @@ def run_denoise(store, run: str = "default", folds: str | list[int] = "all", den
         if not 0 <= f < n_folds:
             raise HpaError(f"--fold {f} does not exist: the cells are in folds 0..{n_folds - 1}")
     table_id = CellTable(store).table_id
-    all_params = getattr(den, "params", params)
     # one process per run at a time: folds share chunks (their rows interleave), so they are not shards
     busy = f"another `hpa denoise --run {run}` is running on {store.path}; let it finish (it resumes folds one by one)"
-    with store.lock(f".hpa-denoise-{run}.lock", busy=busy):
+    with layout.run_lock(store, run, busy):
         key = layout.prepare(store, run, len(fold), width, {"cells_table_id": table_id, "denoiser": denoiser,
                                                         "params": all_params, "cell_folds": cell_folds,
                                                         "cell_folds_id": cell_folds_id(store, cell_folds)},
                              overwrite=overwrite)
         with begin_stage(store, key, "denoise", {"run": run, "denoiser": denoiser, **all_params}) as stage:
-            summary = _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, recall_sample,
-                                     progress)
-            stage.finish("done" if BlockWork(store, key, n_folds, 1).all_done() else "running",
-                         folds_done=summary.folds_done)
+            summary = DenoiseSummary(run=run, denoiser=denoiser)
+            stage.summary = summary.as_dict()
+            _denoise_folds(store, run, key, den, denoiser, min_cells, width, fold, n_folds, wanted, recall_sample,
+                           progress, summary)
+            summary.complete = BlockWork(store, key, n_folds, 1).all_done()
+            stage.finish("done" if summary.complete else "running", folds_done=summary.folds_done)
     return summary
 
 
-def _denoise_folds(store, run, key, den, denoiser, k, fold, n_folds, wanted, recall_sample, progress):
+def _denoise_folds(store, run, key, den, denoiser, min_cells, width, fold, n_folds, wanted, recall_sample, progress,
+                   summary):
     from ..store import BlockWork
     from ..store import denoise as layout
     from ..store import pseudolabels as pl
     from . import knn as knnmod
 
-    width = max(k - 1, 1)  # the stored neighbour lists hold the k - 1 other cells
     work = BlockWork(store, key, n_folds, 1)
     done = work.done_mask()
     probs = pl.read_probs(store, run)
-    summary = DenoiseSummary()
-    diag_all = dict(store.attrs(key).get("folds") or {})
     for f in wanted:
         if done[f]:
             summary.folds_skipped.append(f)
             continue
         rows = np.flatnonzero(fold == f)
-        if len(rows) < k:
-            raise InputError(f"fold {f} has {len(rows)} labelled cells, fewer than k = {k} (the cell itself "
-                             "included); lower --k")
+        if len(rows) < min_cells:
+            raise InputError(f"fold {f} has {len(rows)} labelled cells, fewer than the {min_cells} denoiser "
+                             f"{denoiser!r} needs (its min_cells); change its options (-o, e.g. a smaller k) or "
+                             "label more cells")
         t0 = time.perf_counter()
         y_init = make_y_init(probs[rows])
-        emb = FoldEmbeddings(store, run, rows)
-        if hasattr(den, "run"):
-            res = den.run(emb, y_init, progress=progress)
-            y_opt, graph = res.y_opt, res.knn
-            diag = {"n_iter": res.n_iter, "converged": res.converged, "objective": res.objective,
-                    "seconds": {p: round(s, 2) for p, s in res.seconds.items()},
-                    "knn": graph.method, "knn_params": graph.params}
-            knn_rows = rows[graph.indices]
-            if graph.method != "exact" and recall_sample > 0:
-                diag["recall_at_k"] = round(knnmod.knn_recall(emb, graph.indices, sample=recall_sample), 4)
-        else:  # a third-party denoiser: Y_opt only
-            y_opt = np.asarray(den.denoise(emb, y_init, progress=progress), dtype=np.float64)
-            if y_opt.shape != y_init.shape:
-                raise HpaError(f"denoiser {denoiser!r} returned shape {y_opt.shape}, expected {y_init.shape}")
-            knn_rows = np.full((len(rows), width), -1, dtype=np.int64)
-            diag = {}
+        emb = pl.read_embeddings(store, run, rows, dtype=np.float32)  # the contract: a plain [N, D] float32 array
+        out = den.denoise(emb, y_init, progress=progress)
+        y_opt = np.asarray(out, dtype=np.float64)
+        if y_opt.shape != y_init.shape:
+            raise HpaError(f"denoiser {denoiser!r} returned Y_opt of shape {y_opt.shape}, expected {y_init.shape}")
+        diag = dict(getattr(out, "diagnostics", None) or {})
+        nb = getattr(out, "neighbours", None)
+        knn_rows = np.full((len(rows), width), -1, dtype=np.int64)
+        if nb is not None:
+            nb = np.asarray(nb)
+            if nb.ndim != 2 or nb.shape[0] != len(rows) or nb.shape[1] > width or (nb >= len(rows)).any():
+                raise HpaError(f"denoiser {denoiser!r} returned neighbour lists of shape {nb.shape} for {len(rows)} "
+                               f"cells (at most {width} per cell, positions 0..{len(rows) - 1}; its n_neighbours "
+                               "says how many)")
+            knn_rows[:, : nb.shape[1]] = np.where(nb >= 0, rows[np.clip(nb, 0, None)], -1)
+            if diag.get("knn") != "exact" and recall_sample > 0:
+                diag["recall_at_k"] = round(knnmod.knn_recall(emb, nb, sample=recall_sample), 4)
         layout.write_fold(store, run, rows, f, y_init, y_opt, knn_rows)
         diag["cells"] = int(len(rows))
         diag["seconds_total"] = round(time.perf_counter() - t0, 2)
-        diag_all[str(f)] = diag
-        store.update_attrs(key, {"folds": diag_all})
+        layout.write_fold_diagnostics(store, run, f, diag)
         work.mark_done(f)
         summary.folds_done.append(f)
         summary.cells[f] = int(len(rows))
@@ -162,7 +171,7 @@ FLAG_SCORE, FLAG_OUTLIER, FLAG_NEIGHBOUR = 1, 2, 4  # which rule proposed a sele
 
 
 @dataclass
-class SelectSummary:
+class SelectSummary(Summary):
     cells: np.ndarray
     counts: dict
     csv: Path | None
@@ -377,7 +386,30 @@ def write_gallery(store, path: Path, cells: np.ndarray, scores: np.ndarray, tile
     sheet.save(path)
 
 
-def run_accept(store, run: str, csv: Path | str | None, name: str = "mitotic") -> int:
+@dataclass(eq=False)
+class AcceptSummary(Summary):
+    """``hpa select-mitotic --accept``: the cells of the final selection. Compares equal to
+    (and converts to) its count, as the int this stage returned before."""
+
+    accepted: int
+    run: str
+    name: str
+    source: str
+
+    def __int__(self) -> int:
+        return int(self.accepted)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, AcceptSummary):
+            return self.as_dict() == other.as_dict()
+        if isinstance(other, (int, np.integer)):
+            return int(self.accepted) == int(other)
+        return NotImplemented
+
+    __hash__ = None
+
+
+def run_accept(store, run: str, csv: Path | str | None, name: str = "mitotic") -> AcceptSummary:
     """Make the final selection ``name``: from a reviewed CSV (rows kept = accepted; with a
     ``decision`` column, as ``hpa review --export`` writes, the rows whose decision is
     ``accepted``) or, with ``csv=None``, from the decisions made in ``hpa review``
@@ -444,4 +476,4 @@ def run_accept(store, run: str, csv: Path | str | None, name: str = "mitotic") -
     if review is not None:  # the kept cells are accepted, whatever an earlier review said
         todo = np.flatnonzero(review["state"] != layout.ACCEPTED)
         layout.write_decisions(store, run, name, todo, "accepted", who=f"--accept {source}")
-    return int(len(cells))
+    return AcceptSummary(int(len(cells)), run, name, source)

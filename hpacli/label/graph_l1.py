@@ -298,7 +298,9 @@ class GraphL1Denoiser:
     """The ``graph-l1`` denoiser; every parameter of the method is a keyword.
 
     ``knn``: ``auto`` (exact up to 20k cells, else PCA + IVF), ``exact``, ``pca-exact``,
-    ``ivf``, ``hnsw``; ``knn_options`` go to :func:`hpacli.label.knn.knn_graph`.
+    ``ivf``, ``hnsw``; ``pca_dim``, ``nlist``, ``nprobe``, ``hnsw_m``, ``ef_search``,
+    ``ef_construction``, ``train_sample``, ``chunk`` go to :func:`hpacli.label.knn.knn_graph`
+    (None: its default). From the command line: ``hpa denoise -o k=100 -o knn=ivf ...``.
     """
 
     name = "graph-l1"
@@ -307,7 +309,9 @@ class GraphL1Denoiser:
                  rtol: float = 0.01, stop_frac: float = 0.999, max_iter: int = 1000, knn: str = "auto",
                  tol: float | None = DEFAULTS["tol"],
                  eig_method: str = "lanczos", eig_tol: float = 1e-6, threads: int | None = None, seed: int = 0,
-                 **knn_options: Any) -> None:
+                 pca_dim: int | None = None, nlist: int | None = None, nprobe: int | None = None,
+                 hnsw_m: int | None = None, ef_search: int | None = None, ef_construction: int | None = None,
+                 train_sample: int | None = None, chunk: int | None = None) -> None:
         if not 0 < stop_frac <= 1:
             raise HpaError(f"stop_frac must be in (0, 1], got {stop_frac}")
         if lam < 0 or gamma < 0 or rtol < 0 or (tol is not None and tol < 0):
@@ -320,7 +324,10 @@ class GraphL1Denoiser:
         self.rtol, self.stop_frac, self.max_iter = float(rtol), float(stop_frac), int(max_iter)
         self.tol = float(tol) if tol else None
         self.knn, self.eig_method, self.eig_tol = knn, eig_method, float(eig_tol)
-        self.threads, self.seed, self.knn_options = threads, int(seed), dict(knn_options)
+        knn_options = {"pca_dim": pca_dim, "nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
+                       "ef_construction": ef_construction, "train_sample": train_sample, "chunk": chunk}
+        self.threads, self.seed = threads, int(seed)
+        self.knn_options = {k: v for k, v in knn_options.items() if v is not None}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -329,8 +336,26 @@ class GraphL1Denoiser:
                 "knn": self.knn,
                 "eig_method": self.eig_method, "eig_tol": self.eig_tol, "seed": self.seed, **self.knn_options}
 
-    def denoise(self, embeddings, y_init, progress=None) -> np.ndarray:
-        return self.run(embeddings, y_init, progress=progress).y_opt
+    @property
+    def min_cells(self) -> int:
+        """A fold needs at least k cells (k counts the cell itself)."""
+        return self.k
+
+    @property
+    def n_neighbours(self) -> int:
+        """The neighbour lists it returns hold the k - 1 other cells."""
+        return max(self.k - 1, 1)
+
+    def denoise(self, embeddings, y_init, progress=None):
+        """The contract's call: :class:`hpacli.plugin_types.Denoised` (Y_opt, with the kNN
+        lists and the diagnostics of :meth:`run`)."""
+        from ..plugin_types import Denoised
+
+        res = self.run(embeddings, y_init, progress=progress)
+        diag = {"n_iter": res.n_iter, "converged": res.converged, "objective": res.objective,
+                "seconds": {p: round(s, 2) for p, s in res.seconds.items()},
+                "knn": res.knn.method, "knn_params": res.knn.params}
+        return Denoised(res.y_opt, neighbours=res.knn.indices, diagnostics=diag)
 
     def run(self, embeddings, y_init, progress=None, graph: knnmod.KnnGraph | None = None) -> DenoiseResult:
         """De-noise one fold and return ``Y_opt`` with diagnostics (timings per phase, graph, Λ)."""
@@ -362,7 +387,3 @@ class GraphL1Denoiser:
         params = {**self.params, "knn_resolved": graph.method, **{f"knn_{k}": v for k, v in graph.params.items()}}
         return DenoiseResult(res.y, y_init, eigvals, res.n_iter, res.converged, res.objective, graph, seconds,
                              params, res.history)
-
-
-def create(**params: Any) -> GraphL1Denoiser:
-    return GraphL1Denoiser(**params)

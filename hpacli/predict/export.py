@@ -69,13 +69,13 @@ def export_format(path) -> str:
     suffix = Path(path).suffix.lower()
     fmt = EXPORT_FORMATS.get(suffix)
     if fmt is None:
-        raise InputError(f"{path}: unknown export format {suffix or '(no extension)'!s}; "
+        raise InputError(f"--export {path}: unknown export format {suffix or '(no extension)'!s}; "
                          f"use .csv, or .parquet (with pyarrow)")
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise InputError(f"{path}: Parquet needs pyarrow: {PARQUET_HINT}") from None
+            raise InputError(f"--export {path}: Parquet needs pyarrow: {PARQUET_HINT}") from None
     return fmt
 
 

@@ -24,9 +24,12 @@ Groups are the connected components of the pair graph, named by their smallest m
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from math import comb
 
 import numpy as np
+
+from ..summary import Summary
 
 HASH_BITS = 64
 DEFAULT_THRESHOLD = 12
@@ -306,7 +309,7 @@ def run_dedup(
     overwrite: bool = False,
     progress=None,
     shard=None,
-) -> dict:
+) -> DedupSummary:
     """Hash every image (resumable, in blocks), find duplicate pairs and groups, store them.
 
     ``shard`` (:class:`~hpacli.store.Shard`): hash only that shard's blocks; the process
@@ -318,7 +321,7 @@ def run_dedup(
     at a fraction of the cost), ``png`` the full-resolution PNGs, ``auto`` the cache when
     the store has one with every image's row present (else the PNGs). Rows without a
     cache marker are never hashed: ``cache`` with such rows is refused. Test images are hashed too (train/test duplicates are reported).
-    Returns a summary dict.
+    Returns a :class:`DedupSummary`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -326,7 +329,6 @@ def run_dedup(
     from ..progress import NullProgress, add_task
     from ..store import Shard, begin_stage
     from ..store import dedup as sd
-    from ..store.core import remove_partial_files
 
     shard = shard or Shard()
     store.require_writable()
@@ -355,16 +357,14 @@ def run_dedup(
     if overwrite and shard.count > 1:
         raise InputError("--overwrite cannot be combined with --shard (start over once, then shard)")
     if overwrite:
-        store.delete(sd.GROUP)
+        sd.clear(store)
     params = {"threshold": threshold, "source": source, "cache_size": cache_size if source == "cache" else None,
               "method": method}
-    run = begin_stage(store, sd.GROUP, "dedup", params)
     progress = progress or NullProgress()
-    try:
-        with sd.prepare_lock(store):
-            hashes_arr, ok_arr, work = sd.ensure_hash_arrays(
-                store, n, HASH_BLOCK, source, cache_size if source == "cache" else None, cache_id
-            )
+    with begin_stage(store, sd.GROUP, "dedup", params) as run:
+        with sd.prepare_lock(store):  # shard processes start at once: one makes the arrays
+            work = sd.prepare_hashes(store, n, HASH_BLOCK, source, cache_size if source == "cache" else None,
+                                     cache_id)
         todo = work.todo(shard)
         task = add_task(progress, "hash", sum(len(b) for b in todo), unit="img")
         problems: list[dict] = []
@@ -387,15 +387,14 @@ def run_dedup(
                         rows[k] = h
                         ok[k] = True
                     progress.advance(task)
-                hashes_arr[block.start : block.stop] = rows
-                ok_arr[block.start : block.stop] = ok
+                sd.write_hashes(store, block.start, rows, ok)
                 work.mark_done(block)
         with sd.finish_lock(store):  # the pairs need every block's hashes: the last process to finish finds them
             if not work.all_done():
-                return {"complete": False, "hashed": sum(len(b) for b in todo), "blocks_done": work.n_done,
-                        "blocks": work.n_blocks, "shard": str(shard), "problems": problems[:1000]}
-            for name in ("hashes", "ok", "_done"):  # every block is written: no writer is left
-                remove_partial_files(store, f"{sd.GROUP}/{name}")
+                run.keep_running()  # other shards still hash
+                return DedupSummary(complete=False, hashed=sum(len(b) for b in todo), blocks_done=work.n_done,
+                                    blocks=work.n_blocks, shard=str(shard), problems=problems[:1000])
+            sd.remove_partial(store)  # every block is written: no writer is left
             hashes, ok = sd.read_hashes(store)
             hashes, ok = hashes[:n], ok[:n]
             valid = np.flatnonzero(ok)
@@ -403,39 +402,50 @@ def run_dedup(
             pairs = valid[pairs_v] if len(pairs_v) else np.zeros((0, 2), np.int64)
             group = connected_groups(n, pairs)
             sd.write_dedup_result(store, group, pairs, dist, threshold)
-    except BaseException:
-        run.finish("failed")
-        raise
-    summary = dedup_summary(store, group, pairs)
-    summary["complete"] = True
-    summary["hashed"] = sum(len(b) for b in todo)
-    summary["source"] = f"cache ({cache_size}px)" if source == "cache" else "png"
-    summary["n_unreadable"] = int((~ok).sum())
-    summary["problems"] = problems[:1000]
-    run.finish("done", **summary)
+        summary = dedup_summary(store, group, pairs)
+        summary.hashed = sum(len(b) for b in todo)
+        summary.blocks_done = summary.blocks = work.n_blocks
+        summary.shard = str(shard)
+        summary.source = f"cache ({cache_size}px)" if source == "cache" else "png"
+        summary.n_unreadable = int((~ok).sum())
+        summary.problems = problems[:1000]
+        run.finish("done", **summary.as_dict())
     return summary
 
 
-def dedup_summary(store, group: np.ndarray, pairs: np.ndarray) -> dict:
+@dataclass
+class DedupSummary(Summary):
+    n_images: int = 0
+    n_pairs: int = 0
+    n_groups: int = 0
+    n_images_in_groups: int = 0
+    largest_group: int = 1
+    train_test_pairs: int = 0
+    cross_source_pairs: int = 0
+    source: str = ""
+    n_unreadable: int = 0
+    problems: list = field(default_factory=list)
+    # sharded hashing (--shard): complete is False in a process that left blocks to other shards
+    complete: bool = True
+    hashed: int = 0
+    blocks_done: int = 0
+    blocks: int = 0
+    shard: str = "0/1"
+
+
+def dedup_summary(store, group: np.ndarray, pairs: np.ndarray) -> DedupSummary:
     df = store.images.df()
     n = len(group)
     sizes = np.bincount(group, minlength=n)
     multi = sizes[sizes > 1]
     split = df["split"].to_numpy()[:n]
     source = df["source"].to_numpy()[:n]
-    out = {
-        "n_images": int(n),
-        "n_pairs": int(len(pairs)),
-        "n_groups": int(len(multi)),
-        "n_images_in_groups": int(multi.sum()),
-        "largest_group": int(multi.max()) if len(multi) else 1,
-        "train_test_pairs": 0,
-        "cross_source_pairs": 0,
-    }
+    out = DedupSummary(n_images=int(n), n_pairs=int(len(pairs)), n_groups=int(len(multi)),
+                       n_images_in_groups=int(multi.sum()), largest_group=int(multi.max()) if len(multi) else 1)
     if len(pairs):
         a, b = pairs[:, 0], pairs[:, 1]
-        out["train_test_pairs"] = int(((split[a] == "test") != (split[b] == "test")).sum())
-        out["cross_source_pairs"] = int((source[a] != source[b]).sum())
+        out.train_test_pairs = int(((split[a] == "test") != (split[b] == "test")).sum())
+        out.cross_source_pairs = int((source[a] != source[b]).sum())
     return out
 
 

@@ -13,14 +13,35 @@ rerun with another ``--threshold`` only recomputes the flags.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..classes import NEGATIVE
+from ..summary import Summary
 
 REFERENCE_SIZE = 2048
 DEFAULT_THRESHOLD = 150.0
 DEFAULT_TOP_K = 10
 BLOCK = 16
+
+
+@dataclass
+class NegativesSummary(Summary):
+    negative_images: int = 0
+    without_cells: int = 0
+    scored_images: int = 0
+    scored_cells: int = 0
+    flagged_cells: int = 0
+    flagged_images: int = 0
+    n_problems: int = 0
+    problems: list = field(default_factory=list)
+    # sharded scoring (--shard): complete is False in a process that left blocks to other shards
+    complete: bool = True
+    scored_images_here: int = 0
+    blocks_done: int = 0
+    blocks: int = 0
+    shard: str = "0/1"
 
 
 def cell_scores(green: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray, bboxes: np.ndarray,
@@ -56,7 +77,7 @@ def run_negatives(
     overwrite: bool = False,
     progress=None,
     shard=None,
-) -> dict:
+) -> NegativesSummary:
     """Score the cells of every Negative train image and store per-cell and per-image flags.
 
     ``shard``: score only that shard's blocks; the process that finds every block done (the
@@ -69,7 +90,6 @@ def run_negatives(
     from ..store import Shard, begin_stage
     from ..store import negatives as sn
     from ..store.cells import CellTable
-    from ..store.core import remove_partial_files
 
     store.require_writable()
     shard = shard or Shard()
@@ -81,10 +101,8 @@ def run_negatives(
     if images.n == 0:
         raise HpaError(f"the store {store.path} has no images; run `hpa ingest` first")
     cells = CellTable(store)
-    try:
-        from ..store import segmentation as seg
-    except ImportError:
-        raise HpaError("this hpacli cannot read segmentation results; run `hpa segment` first") from None
+    from ..store import segmentation as seg
+
     offsets = cells.offsets()
     n_images = len(offsets) - 1
     labels = images.labels()[:n_images]
@@ -98,7 +116,6 @@ def run_negatives(
                           block=BLOCK, max_cells=int(per_block.max()) if len(per_block) else 1)
     params = {"threshold": threshold, "top_k": top_k, "reference_size": REFERENCE_SIZE,
               "table_id": cells.table_id}
-    run = begin_stage(store, sn.GROUP, "negatives", params)
     progress = progress or NullProgress()
     cell_id = cells.column("cell_id")
     bbox = cells.column("bbox")
@@ -116,7 +133,7 @@ def run_negatives(
             return i, rows, None, f"label image {lab.shape} does not match the image {green.shape}"
         return i, rows, cell_scores(green, lab, cell_id[rows], bbox[rows], top_k), None
 
-    try:
+    with begin_stage(store, sn.GROUP, "negatives", params) as run:
         todo = work.todo(shard)
         task = add_task(progress, "negatives", sum(len(b) for b in todo), unit="img")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -134,30 +151,30 @@ def run_negatives(
                 work.mark_done(block)
         with sn.finish_lock(store):  # the flags need every block: the last process to finish writes them
             if not work.all_done():
-                return {"complete": False, "scored_images_here": sum(len(b) for b in todo),
-                        "blocks_done": work.n_done, "blocks": work.n_blocks, "shard": str(shard),
-                        "n_problems": len(problems), "problems": problems[:1000]}
-            for name in (*sn.STAGING, "_done"):  # every block is written: no writer is left
-                remove_partial_files(store, f"{sn.GROUP}/{name}")
+                run.keep_running()  # other shards still score
+                return NegativesSummary(complete=False, scored_images_here=sum(len(b) for b in todo),
+                                        blocks_done=work.n_done, blocks=work.n_blocks, shard=str(shard),
+                                        n_problems=len(problems), problems=problems[:1000])
+            sn.remove_partial(store)  # every block is written: no writer is left
             sn.gather_blocks(store, offsets, work_images, BLOCK)
             cell_flag, image_flag = sn.write_flags(store, threshold)
-    except BaseException:
-        run.finish("failed")
-        raise
-    scores = sn.read_scores(store)
-    scored = sn.read_image_scored(store)
-    summary = {
-        "negative_images": int(negative.sum()),
-        "without_cells": int((negative & (counts == 0)).sum()),
-        "scored_images": int(scored.sum()),
-        "scored_cells": int(np.isfinite(scores).sum()),
-        "flagged_cells": int(cell_flag.sum()),
-        "flagged_images": int(image_flag.sum()),
-        "n_problems": len(problems),
-        "problems": problems[:1000],
-    }
-    run.finish("done", **summary)
-    summary["complete"] = True
+        scores = sn.read_scores(store)
+        scored = sn.read_image_scored(store)
+        summary = NegativesSummary(
+            negative_images=int(negative.sum()),
+            without_cells=int((negative & (counts == 0)).sum()),
+            scored_images=int(scored.sum()),
+            scored_cells=int(np.isfinite(scores).sum()),
+            flagged_cells=int(cell_flag.sum()),
+            flagged_images=int(image_flag.sum()),
+            n_problems=len(problems),
+            problems=problems[:1000],
+            scored_images_here=sum(len(b) for b in todo),
+            blocks_done=work.n_blocks,
+            blocks=work.n_blocks,
+            shard=str(shard),
+        )
+        run.finish("done", **summary.as_dict())
     return summary
 
 

@@ -124,5 +124,14 @@ class CellTable:
         )
 
 
+def exists(store) -> bool:
+    return store.has(GROUP)
+
+
+def covers(store, n_images: int) -> bool:
+    """True when the cells table exists and was built for ``n_images`` images."""
+    return store.has(f"{GROUP}/offsets") and int(store.attrs(GROUP).get("n_images", -1)) == int(n_images)
+
+
 def cells_per_image(store) -> np.ndarray:
     return np.diff(CellTable(store).offsets())

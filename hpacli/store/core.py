@@ -64,6 +64,8 @@ COVER_DONE = "done"  # rows of the done blocks of the BlockWork markers ``<paren
 COVER_COMMITTED = "committed"  # rows below the parent group's attribute ``n``
 COVERAGES = (COVER_ALL, COVER_DONE, COVER_COMMITTED)
 ARRAY_CONFIG = {"write_empty_chunks": True}
+# the newest version of each encoding this hpacli reads (every stamp not listed: 1)
+ENCODING_VERSIONS: dict[str, int] = {}
 
 # Files at scale: per-image and per-cell arrays keep one chunk per image (or block of cells)
 # inside Zarr v3 shards (one file) of this many rows; a sharded stage's processes own whole
@@ -211,12 +213,32 @@ class Store:
     def has(self, key: str) -> bool:
         return (self.path / key / "zarr.json").exists()
 
-    def array(self, key: str, hint: str | None = None) -> zarr.Array:
+    def array(self, key: str, hint: str | None = None, encoding: str | None = None) -> zarr.Array:
+        """The array at ``key``; its stamp is checked (:meth:`check_stamp`): an array of
+        another ``encoding`` (when given) or of a newer encoding version is refused."""
         if not self.has(key):
             msg = f"the store {self.path} has no {key!r}"
             raise StoreError(f"{msg}; {hint}" if hint else msg)
         node = zarr.open_array(str(self.path / key), mode=self._zmode(), zarr_format=3)
+        self.check_stamp(key, encoding, node.attrs)
         return node.with_config(ARRAY_CONFIG)
+
+    def check_stamp(self, key: str, encoding: str | None = None, attrs=None) -> None:
+        """StoreError (one line) when the node at ``key`` is stamped with another encoding
+        than ``encoding`` (when given) or with an encoding version this hpacli does not
+        know (:data:`ENCODING_VERSIONS`, default 1). Nodes without a stamp (older
+        stores) pass; ``hpa info --check`` lists them."""
+        attrs = self.attrs(key) if attrs is None else attrs
+        enc, ver = attrs.get("encoding"), attrs.get("encoding_version")
+        # groups stamped by the stage record of an older hpacli ("hpacli-stage-<stage>") pass
+        legacy = isinstance(enc, str) and enc.startswith("hpacli-stage-")
+        if encoding is not None and enc is not None and enc != encoding and not legacy:
+            raise StoreError(f"the store {self.path} holds {enc!r} at {key}, not the {encoding!r} hpacli expects "
+                             "there; was it written by another program?")
+        known = ENCODING_VERSIONS.get(str(enc), 1)
+        if isinstance(ver, int) and not isinstance(ver, bool) and ver > known:
+            raise StoreVersionError(f"{key} in {self.path} is {enc!r} version {ver}; this hpacli reads version "
+                                    f"{known} or older. Upgrade hpacli to read it.")
 
     def group(self, key: str, create: bool = False) -> zarr.Group:
         if not self.has(key):

@@ -26,9 +26,14 @@ def has_hashes(store) -> bool:
     return store.has(f"{GROUP}/hashes")
 
 
-def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int | None,
-                       cache_id: str | None = None):
-    """Open (or create) the hash arrays for ``n`` images. Hashes made from another source
+def clear(store) -> None:
+    """Delete every duplicate-search result (``hpa dedup --overwrite``)."""
+    store.delete(GROUP)
+
+
+def prepare_hashes(store, n: int, block: int, source: str, cache_size: int | None,
+                   cache_id: str | None = None):
+    """Open (or create) the hash arrays for ``n`` images; returns the hashing's BlockWork. Hashes made from another source
     (cache vs png, another cache size, another cache: ``cache_id``) are discarded. If the
     table grew since the last run, the block that held the old last image is hashed again
     (it was only partly filled)."""
@@ -47,20 +52,27 @@ def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int |
     # the markers first: they fix how many blocks share a file, and the arrays' files follow them
     work = BlockWork(store, GROUP, n, block, per_file_for(store, GROUP, "images", block))
     rows = work.rows_per_file
-    hashes = store.ensure_array(
+    store.ensure_array(
         key, (n, N_HASH_CHANNELS), "uint64", (block, N_HASH_CHANNELS), encoding="phash64-rgb",
         attrs={"source": source, "cache_size": cache_size, "cache_id": cache_id, "block": block,
                "hash": "imagehash.phash: 8x8 low frequencies of a 32x32 DCT, bit 63 first",
                "channels": ["red", "green", "blue"]},
         coverage="done", shards=shards_of((block, N_HASH_CHANNELS), rows),
     )
-    ok = store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False,
-                           coverage="done", shards=shards_of((block,), rows))
+    store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False,
+                       coverage="done", shards=shards_of((block,), rows))
     if 0 < old_n < n and old_n % block:
         store.array(f"{GROUP}/_done")[old_n // block] = False
     if old_n != n:
         store.update_attrs(key, {"n_images": int(n)})
-    return hashes, ok, work
+    return work
+
+
+def write_hashes(store, start: int, hashes: np.ndarray, ok: np.ndarray) -> None:
+    """Hashes (uint64 ``[k, 3]``) and read-ok flags of images ``start : start + k`` (a block)."""
+    stop = start + len(hashes)
+    store.array(f"{GROUP}/hashes")[start:stop] = np.asarray(hashes, dtype=np.uint64)
+    store.array(f"{GROUP}/ok")[start:stop] = np.asarray(ok, dtype=bool)
 
 
 PREPARE_LOCK = ".hpa-dedup-prepare.lock"
@@ -75,6 +87,14 @@ def prepare_lock(store):
 def finish_lock(store):
     """Held by the process that finds every hash block done and writes pairs and groups."""
     return store.lock(FINISH_LOCK)
+
+
+def remove_partial(store) -> None:
+    """Drop the files a killed hash write left aside (only once every block is done: no writer is left)."""
+    from .core import remove_partial_files
+
+    for name in ("hashes", "ok", "_done"):
+        remove_partial_files(store, f"{GROUP}/{name}")
 
 
 def read_hashes(store) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +156,6 @@ def read_pairs(store) -> tuple[np.ndarray, np.ndarray]:
         raise StoreError(f"the store {store.path} has no duplicate pairs; {HINT}")
     return (np.asarray(store.array(f"{GROUP}/pairs")[:]).astype(np.int64).reshape(-1, 2),
             np.asarray(store.array(f"{GROUP}/distances")[:]).astype(np.uint8).reshape(-1, N_HASH_CHANNELS))
-
-
-def dedup_info(store) -> dict:
-    return {k: v for k, v in store.attrs(GROUP).items() if k in ("threshold", "n_images", "n_pairs")}
 
 
 def summary_section(store):

@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from ..errors import StoreError
+from .cellresults import CellResults, Column, stamp_of
 from .core import child_key
 
 GROUP = "denoise"
@@ -49,69 +50,85 @@ REVIEW_ENCODING = "hpacli-review"
 REVIEW_STATES = ("unreviewed", "accepted", "rejected", "skipped")
 UNREVIEWED, ACCEPTED, REJECTED, SKIPPED = range(4)
 REVIEW_CHUNK = 1024
+COLUMNS = (
+    Column("y_init", "float32", "cell-label-matrix", (N_COLS,), float("nan"), None),
+    Column("y_opt", "float32", "cell-label-matrix", (N_COLS,), float("nan"), None),
+    Column("fold", "int8", "fold-index", (), -1, None),
+    Column("knn", "int32", "cell-neighbours", (0,), -1, None),  # width: the denoiser's neighbour lists
+)
+DECIDING = ("cells_table_id", "denoiser", "params", "cell_folds", "cell_folds_id")
 
 
 def run_key(run: str) -> str:
     return child_key(GROUP, run)
 
 
+def results(store, run: str) -> CellResults:
+    """The run's per-cell result set (:mod:`.cellresults`); its BlockWork blocks are the
+    de-noising folds (one block per fold)."""
+    return CellResults(store, run_key(run), COLUMNS, ENCODING, 1)
+
+
+def run_lock(store, run: str, busy: str):
+    """One ``hpa denoise`` per run at a time (folds share chunks): a second gets ``busy``."""
+    return store.lock(f".hpa-denoise-{run}.lock", busy=busy)
+
+
 def prepare(store, run: str, n_cells: int, k: int, attrs: dict, overwrite: bool = False) -> str:
-    key = run_key(run)
+    """Create (or reopen) the run's arrays with neighbour lists of width ``k``; an existing
+    run made with other deciding attributes is refused unless ``overwrite``."""
+    res = results(store, run)
     if overwrite:
-        store.delete(key)
-    elif store.has(f"{key}/y_opt"):
-        old = store.attrs(key)
-        for name in ("cells_table_id", "denoiser", "params", "cell_folds", "cell_folds_id"):
-            if name == "cell_folds_id" and name not in old:  # written by an older hpacli
-                continue
-            if old.get(name) != attrs.get(name):
-                raise StoreError(
-                    f"de-noised labels for {run!r} exist with other {name.replace('_', ' ')}; "
-                    "pass --overwrite to start over"
-                )
-        if int(store.array(f"{key}/knn").shape[1]) != int(k):
+        res.delete()
+    elif res.has_column("y_opt"):
+        for name in res.differs(attrs, DECIDING, optional=("cell_folds_id",)):  # older hpacli: not written
+            raise StoreError(
+                f"de-noised labels for {run!r} exist with other {name.replace('_', ' ')}; "
+                "pass --overwrite to start over"
+            )
+        if int(res.column("knn").shape[1]) != int(k):
             raise StoreError(f"de-noised labels for {run!r} exist with another k; pass --overwrite")
     store.group(GROUP, create=True)
-    store.group(key, create=True)
-    n = max(int(n_cells), 0)
-    store.ensure_array(f"{key}/y_init", (n, N_COLS), "float32", (ROW_CHUNK, N_COLS), encoding="cell-label-matrix",
-                       fill_value=float("nan"))
-    store.ensure_array(f"{key}/y_opt", (n, N_COLS), "float32", (ROW_CHUNK, N_COLS), encoding="cell-label-matrix",
-                       fill_value=float("nan"))
-    store.ensure_array(f"{key}/fold", (n,), "int8", (ROW_CHUNK,), encoding="fold-index", fill_value=-1)
-    store.ensure_array(f"{key}/knn", (n, int(k)), "int32", (ROW_CHUNK, int(k)), encoding="cell-neighbours",
-                       fill_value=-1)
-    store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, **attrs})
-    return key
+    res.ensure(n_cells, attrs, widths={"knn": int(k)}, chunk=ROW_CHUNK, block=False)
+    return res.key
 
 
 def write_fold(store, run: str, rows: np.ndarray, fold: int, y_init: np.ndarray, y_opt: np.ndarray,
                knn_rows: np.ndarray) -> None:
     """Write one fold's rows (scattered over the table: orthogonal selection)."""
-    key = run_key(run)
     rows = np.asarray(rows, dtype=np.int64)
-    store.array(f"{key}/y_init").set_orthogonal_selection((rows, slice(None)), y_init.astype(np.float32))
-    store.array(f"{key}/y_opt").set_orthogonal_selection((rows, slice(None)), y_opt.astype(np.float32))
-    store.array(f"{key}/fold").set_orthogonal_selection(rows, np.full(len(rows), fold, dtype=np.int8))
-    store.array(f"{key}/knn").set_orthogonal_selection((rows, slice(None)), knn_rows.astype(np.int32))
+    results(store, run).write_scattered(rows, y_init=y_init, y_opt=y_opt, fold=np.full(len(rows), fold, np.int8),
+                                        knn=knn_rows)
 
 
-def _require(store, run: str) -> str:
-    key = run_key(run)
-    if not store.has(f"{key}/y_opt"):
+def fold_diagnostics(store, run: str) -> dict:
+    """``{fold: diagnostics}`` of the folds de-noised so far."""
+    return dict(store.attrs(run_key(run)).get("folds") or {})
+
+
+def write_fold_diagnostics(store, run: str, fold: int, diagnostics: dict) -> None:
+    """Record one fold's diagnostics (the stage writes them before marking the fold done)."""
+    diag = fold_diagnostics(store, run)
+    diag[str(fold)] = diagnostics
+    store.update_attrs(run_key(run), {"folds": diag})
+
+
+def _require(store, run: str) -> CellResults:
+    res = results(store, run)
+    if not res.has_column("y_opt"):
         raise StoreError(f"the store {store.path} has no de-noised labels for {run!r}; run `hpa denoise --run {run}`")
-    return key
+    return res
 
 
 def read(store, run: str) -> dict[str, np.ndarray]:
     """``y_init``, ``y_opt`` (float32 [C, 20]), ``fold`` (int8 [C]) of every cell."""
-    key = _require(store, run)
-    return {name: np.asarray(store.array(f"{key}/{name}")[:]) for name in ("y_init", "y_opt", "fold")}
+    res = _require(store, run)
+    return {name: res.read(name) for name in ("y_init", "y_opt", "fold")}
 
 
 def read_knn(store, run: str, rows: np.ndarray | None = None) -> np.ndarray:
     """The stored neighbour lists (cell rows, -1 = none): all, or those of ``rows`` only."""
-    arr = store.array(f"{_require(store, run)}/knn")
+    arr = _require(store, run).column("knn")
     if rows is None:
         return np.asarray(arr[:])
     rows = np.asarray(rows, dtype=np.int64)
@@ -121,19 +138,18 @@ def read_knn(store, run: str, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 def info(store, run: str) -> dict:
-    return dict(store.attrs(_require(store, run)))
+    return _require(store, run).attrs()
 
 
 def check_current(store, run: str) -> dict:
     """The run's attributes; StoreError when it was made for another cells table, or with
     cell folds that were made again since (its Y_opt and folds would not match them)."""
-    from .cells import CellTable
     from .folds import check_cell_folds_current
 
-    attrs = info(store, run)
+    res = _require(store, run)
+    attrs = res.attrs()
     redo = f"run `hpa denoise --run {run} --overwrite`"
-    made_for = attrs.get("cells_table_id")
-    if made_for is not None and made_for != CellTable(store).table_id:
+    if stamp_of(attrs) is not None and res.stale(attrs):
         raise StoreError(f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); {redo}")
     if attrs.get("cell_folds_id") is not None:
         try:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StoreError
+from .cellresults import STAMP, CellResults, Column, stamp_of
 from .core import child_key
 
 DEFAULT = "default"
+CELL_FOLDS_ENCODING = "hpacli-cell-folds"
+FOLD_CHUNK = 65536
 
 
 def image_folds_key(name: str = DEFAULT) -> str:
@@ -57,30 +60,34 @@ def folds_id(fold: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(fold, dtype=np.int8).tobytes()).hexdigest()[:16]
 
 
+def cell_fold_results(store, name: str = DEFAULT) -> CellResults:
+    """The cell folds ``name`` as a per-cell result set (:mod:`.cellresults`)."""
+    return CellResults(store, cell_folds_key(name), (Column("fold", "int8", "fold-index", (), -1, "all"),),
+                       CELL_FOLDS_ENCODING, FOLD_CHUNK)
+
+
 def write_cell_folds(store, fold: np.ndarray, name: str = DEFAULT, table_id: str | None = None) -> str:
     """Write cell folds for the current cells table (or ``table_id``); returns their id."""
-    from .cells import CellTable
+    from .cellresults import current_table_id
 
-    key = cell_folds_key(name)
-    if table_id is None:
-        table_id = CellTable(store).table_id
+    res = cell_fold_results(store, name)
     fold = np.asarray(fold, dtype=np.int8)
-    _write_folds(store, key, fold)
     fid = folds_id(fold)
-    store.update_attrs(key, {"table_id": table_id, "folds_id": fid})
+    store.delete(f"{res.key}/fold")
+    res.ensure(len(fold), {STAMP: table_id or current_table_id(store), "folds_id": fid}, block=False)
+    res.write_rows(0, fold=fold)
     return fid
 
 
 def read_cell_folds(store, name: str = DEFAULT, check: bool = True) -> np.ndarray:
     """int8 ``[C]`` cell folds; with ``check``, refused when they were made for another
     cells table (:func:`check_cell_folds_current`)."""
-    key = f"{cell_folds_key(name)}/fold"
-    if not store.has(key):
+    res = cell_fold_results(store, name)
+    if not res.exists():
         raise StoreError(f"the store {store.path} has no cell folds {name!r}; run `hpa fold --cells` first")
     if check:
         check_cell_folds_current(store, name)
-    store.require_rows(key)
-    return np.asarray(store.array(key)[:]).astype(np.int8)
+    return res.read("fold").astype(np.int8)
 
 
 def cell_folds_id(store, name: str = DEFAULT) -> str | None:
@@ -110,9 +117,9 @@ def check_cell_folds_current(store, name: str = DEFAULT, folds_id: str | None = 
     again = f"run `hpa fold --cells{'' if name == DEFAULT else f' --name {name}'}` again"
     if not store.has(f"{key}/fold"):
         raise StoreError(f"the store {store.path} has no cell folds {name!r}; run `hpa fold --cells` first")
-    attrs = store.attrs(key)
+    attrs = cell_fold_results(store, name).attrs()
     record = attrs.get("provenance") or {}
-    made_for = attrs.get("table_id") or (record.get("params") or {}).get("table_id")
+    made_for = stamp_of(attrs) or (record.get("params") or {}).get("table_id")
     if made_for is None:
         raise StoreError(f"cell folds {name!r} do not say which cells table they were made for; {again}")
     if made_for != CellTable(store).table_id:

@@ -34,6 +34,7 @@ from ..errors import StoreError
 from .core import COVER_COMMITTED as COMMITTED
 
 GROUP = "images"
+INGEST = "ingest"  # the stage record of the ingests that fill this table
 ROW_CHUNK = 4096
 CACHE = f"{GROUP}/cache"
 CACHE_OK = f"{GROUP}/cache_ok"
@@ -104,6 +105,19 @@ class ImageTable:
         for name, dtype in COLUMNS_INT.items():
             data[name] = self._col(name).astype(dtype) if n else np.zeros(0, dtype=dtype)
         return pd.DataFrame(data)
+
+    def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(heights, widths) int64 ``[n]`` of the committed rows (original resolution)."""
+        if self.n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return self._col("height").astype(np.int64), self._col("width").astype(np.int64)
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        """(height, width) of one image at original resolution."""
+        i = int(index)
+        self.store.require_rows(f"{GROUP}/height", (i, i + 1))
+        self.store.require_rows(f"{GROUP}/width", (i, i + 1))
+        return int(self.store.array(f"{GROUP}/height")[i]), int(self.store.array(f"{GROUP}/width")[i])
 
     def paths(self, index: int) -> list[Path]:
         self.store.require_rows(f"{GROUP}/paths", (int(index), int(index) + 1))
@@ -177,7 +191,7 @@ class ImageTable:
 
     def read_image(self, index: int) -> np.ndarray:
         """Full-resolution uint8 RGBY pixels ``[4, H, W]`` decoded from the PNGs."""
-        from ..data.pngio import read_rgby
+        from ..io.png import read_rgby
 
         return read_rgby(self.paths(index))
 

@@ -1,7 +1,7 @@
 """Obvious-staining negatives (``hpa negatives``).
 
-Layout (group ``negatives``, provenance of the stage; attrs ``table_id`` of the cells
-table the scores belong to, ``threshold``, ``top_k``):
+Layout (group ``negatives``, provenance of the stage; attrs ``cells_table_id`` of the cells
+table the scores belong to (``table_id`` in older stores), ``threshold``, ``top_k``):
 ``cell_score`` float32 ``[C]`` aligned with the cells table: mean of the cell's ``top_k``
 brightest green pixels at 2048-image scale; NaN for cells not scored (images not
 labelled Negative). ``cell_flag`` bool ``[C]``: score >= threshold.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StoreError
+from .cellresults import STAMP, stamp_of
 
 GROUP = "negatives"
 HINT = "run `hpa negatives` first"
@@ -40,6 +41,14 @@ def finish_lock(store):
     return store.lock(FINISH_LOCK)
 
 
+def remove_partial(store) -> None:
+    """Drop the files a killed block write left aside (only once every block is done: no writer is left)."""
+    from .core import remove_partial_files
+
+    for name in (*STAGING, "_done"):
+        remove_partial_files(store, f"{GROUP}/{name}")
+
+
 def block_cell_counts(offsets: np.ndarray, work_images: np.ndarray, block: int) -> np.ndarray:
     """Cells of each block's images (the block's row length in ``block_scores``)."""
     counts = np.diff(np.asarray(offsets, dtype=np.int64))[np.asarray(work_images, dtype=np.int64)]
@@ -56,7 +65,7 @@ def prepare(store, n_cells: int, n_images: int, table_id: str, work_images: np.n
 
     attrs = store.attrs(GROUP) if store.has(GROUP) else {}
     same = (
-        attrs.get("table_id") == table_id
+        stamp_of(attrs) == table_id
         and attrs.get("top_k") == top_k
         and attrs.get("images") == [int(i) for i in work_images]
         and store.has(f"{GROUP}/cell_score")
@@ -70,7 +79,7 @@ def prepare(store, n_cells: int, n_images: int, table_id: str, work_images: np.n
                            fill_value=np.nan, overwrite=True)
         store.create_array(f"{GROUP}/image_scored", (n_images,), "bool", (65536,), encoding="bool-column",
                            fill_value=False, overwrite=True)
-        store.update_attrs(GROUP, {"table_id": table_id, "top_k": int(top_k),
+        store.update_attrs(GROUP, {STAMP: table_id, "top_k": int(top_k),
                                    "images": [int(i) for i in work_images]})
     n_blocks = (len(work_images) + block - 1) // block
     work = BlockWork(store, GROUP, len(work_images), block, per_file_for(store, GROUP, "images", block))
@@ -166,7 +175,7 @@ def write_flags(store, threshold: float) -> tuple[np.ndarray, np.ndarray]:
 def _check_table(store) -> None:
     from .cells import CellTable
 
-    want = store.attrs(GROUP).get("table_id")
+    want = stamp_of(store.attrs(GROUP))
     if want != CellTable(store).table_id:
         raise StoreError("the negative scores belong to an older cells table (segmentation was redone); "
                          "run `hpa negatives` again")

@@ -83,6 +83,26 @@ def ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int
         _ensure_layout(store, n_images, canvas, block_size, per_file)
 
 
+def prepare_work(store, n_images: int, canvas: tuple[int, int], block_size: int = BLOCK):
+    """The stage's BlockWork and its arrays for ``n_images``: the markers first (they fix how
+    many blocks share a file: the existing ones', else the store's ``images_per_file``), then
+    the arrays, whose files follow them (or a refusal: masks larger than the stored canvas)."""
+    from .work import BlockWork, per_file_for
+
+    store.group(GROUP, create=True)
+    work = BlockWork(store, GROUP, n_images, block_size, per_file_for(store, GROUP, "images", block_size))
+    ensure_layout(store, n_images, canvas, block_size, work.per_file)
+    return work
+
+
+def remove_partial(store) -> None:
+    """Drop the files a killed block write left aside (only once every block is done: no writer is left)."""
+    from .core import remove_partial_files
+
+    for name in ("cells", "nuclei", "mask_shape", "n_cells", "_done"):
+        remove_partial_files(store, f"{GROUP}/{name}")
+
+
 def _ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int, per_file: int = 1) -> None:
     from .work import shards_of
 
@@ -206,8 +226,7 @@ def read_labels(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _original_size(store, image_index: int) -> tuple[int, int]:
-    i = int(image_index)
-    return int(store.array("images/height")[i]), int(store.array("images/width")[i])
+    return store.images.size_of(image_index)
 
 
 def read_labels_full(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,8 +289,7 @@ def build_cells_table(store, progress=None, params: dict | None = None) -> int:
     progress = progress or NullProgress()
     n = store.images.n
     counts = n_cells(store)
-    heights = np.asarray(store.array("images/height")[:n])
-    widths = np.asarray(store.array("images/width")[:n])
+    heights, widths = store.images.sizes()
     task = add_task(progress, "cells table", n, unit="img")
     cols: dict[str, list] = {k: [] for k in ("image", "cell_id", "bbox", "area", "nucleus_bbox", "border")}
     for i in range(n):
@@ -297,7 +315,42 @@ def finish_lock(store):
     return store.lock(FINISH_LOCK)
 
 
-def segmentation_summary(store):
+# ------------------------------------------------------------------------------ the stage's record
+def previous_params(store) -> dict:
+    """The parameters the segmentation in the store was made with ({} when none)."""
+    return dict((store.attrs(GROUP).get("provenance") or {}).get("params") or {})
+
+
+def has_settings(store) -> bool:
+    """True when the segmentation records the options that decide its masks (``claim_settings``)."""
+    return "settings" in store.attrs(GROUP)
+
+
+def clear(store) -> None:
+    """Delete the segmentation (``--overwrite``)."""
+    store.delete(GROUP)
+
+
+def cells_table_current(store, n_images: int) -> bool:
+    """True when the cells table exists, covers ``n_images`` and is the one this
+    segmentation built."""
+    from .cells import CellTable, covers
+
+    if not covers(store, n_images):
+        return False
+    return CellTable(store).table_id == store.attrs(GROUP).get("cells_table_id")
+
+
+def note_cells_table(store) -> str:
+    """Record the cells table just built from this segmentation; returns its id."""
+    from .cells import CellTable
+
+    table_id = CellTable(store).table_id
+    store.update_attrs(GROUP, {"cells_table_id": table_id})
+    return table_id
+
+
+def summary_section(store):
     """``hpa info`` section: segmentation coverage."""
     if not store.has(f"{GROUP}/n_cells"):
         return None

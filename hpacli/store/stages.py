@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import EXIT_RUNTIME, HpaError
+from ..errors import EXIT_RUNTIME, HpaError, InputError
 from ..plaindata import to_plain
 
 
@@ -28,6 +28,9 @@ def _now() -> str:
 
 class StageRun:
     finished: str | None = None  # the status this process closed the record with
+    # what the stage has done so far (a dict, or a function giving one): recorded with
+    # ``failed`` when the block raises
+    summary = None
 
     def __init__(self, store, key: str, stage: str, params: dict, check_params: tuple[str, ...] = ()) -> None:
         self.store = store
@@ -55,7 +58,10 @@ class StageRun:
             "finished": None,
             "status": "running",
         }
-        store.update_attrs(key, {"provenance": record, "encoding": f"hpacli-stage-{stage}", "encoding_version": 1})
+        stamp = {"provenance": record}
+        if not store.attrs(key).get("encoding"):  # never over a layout module's own stamp
+            stamp.update({"encoding": f"hpacli-stage-{stage}", "encoding_version": 1})
+        store.update_attrs(key, stamp)
 
     def finish(self, status: str = "done", **summary: Any) -> None:
         record = dict(self.store.attrs(self.key).get("provenance") or {})
@@ -64,6 +70,10 @@ class StageRun:
             record["summary"] = to_plain(summary)
         self.store.update_attrs(self.key, {"provenance": record})
         self.finished = status
+
+    def keep_running(self) -> None:
+        """Leave the record ``running`` (other shards still work on the stage)."""
+        self.finished = "running"
 
     # ``with begin_stage(...) as run:`` records ``failed`` (with the error) when the block
     # raises, and ``done`` when it ends without calling finish() itself.
@@ -84,15 +94,18 @@ class StageRun:
 
     def fail(self, exc: BaseException | None = None, **summary: Any) -> None:
         """Record ``failed`` with a one-line reason (interrupted, or the error's message). An
-        :class:`HpaError` that ended the stage's work exits ``EXIT_RUNTIME`` (3), not 2."""
-        if isinstance(exc, HpaError):
+        :class:`HpaError` that ended the stage's work exits ``EXIT_RUNTIME`` (3), not 2; an
+        :class:`InputError` stays a refusal of bad input (2: ``--strict`` meeting a bad image)."""
+        if isinstance(exc, HpaError) and not isinstance(exc, InputError):
             exc.exit_code = EXIT_RUNTIME
         if exc is None or isinstance(exc, KeyboardInterrupt):
             reason = "interrupted" if exc is not None else None
         else:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        done = self.summary() if callable(self.summary) else self.summary
+        summary = {**(done or {}), **summary}
         if reason:
-            summary = {**summary, "error": reason}
+            summary["error"] = reason
         self.finish("failed", **summary)
 
 
@@ -106,6 +119,11 @@ def begin_stage(store, key: str, stage: str, params: dict, check_params: tuple[s
     """
     store.require_writable()
     return StageRun(store, key, stage, params, check_params)
+
+
+def stage_record(store, key: str) -> dict:
+    """The provenance record of the stage group ``key`` ({} when none)."""
+    return dict(store.attrs(key).get("provenance") or {}) if store.has(key) else {}
 
 
 def claim_settings(store, key: str, settings: dict, what: str, hint: str = "pass --overwrite to start over") -> dict:

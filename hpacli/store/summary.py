@@ -109,37 +109,16 @@ def _rel(store, path) -> str:
         return str(path)
 
 
-def _pseudolabel_coverage(store):
-    from .pseudolabels import summary_section
+def _section(module: str) -> Callable:
+    """The ``summary_section(store)`` of one layout module, imported when ``hpa info`` runs."""
 
-    return summary_section(store)
+    def section(store):
+        from importlib import import_module
 
+        return import_module(f"{__package__}.{module}").summary_section(store)
 
-SUMMARY_SECTIONS.append(_pseudolabel_coverage)
-
-
-def _preprocessing(store):
-    from .dedup import summary_section
-
-    return summary_section(store)
+    section.__name__ = module
+    return section
 
 
-SUMMARY_SECTIONS.append(_preprocessing)
-
-
-def _predictions(store):
-    from .predictions import summary_section
-
-    return summary_section(store)
-
-
-SUMMARY_SECTIONS.append(_predictions)
-
-
-def _denoise_summary(store):
-    from .denoise import summary_section
-
-    return summary_section(store)
-
-
-SUMMARY_SECTIONS.append(_denoise_summary)
+SUMMARY_SECTIONS.extend(_section(m) for m in ("segmentation", "pseudolabels", "dedup", "predictions", "denoise"))

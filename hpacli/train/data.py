@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classes import NEGATIVE
+from ..data.views import random_dihedral
 from ..errors import HpaError, StoreError
-from .augment import random_dihedral
 
 
 def _split_item(item) -> tuple[int, int | None]:
@@ -102,7 +102,7 @@ class StoreImageDataset(Dataset):
         row = int(self.rows[i])
         px = table.read_cache(row) if self.cached[i] else table.read_image(row)
         if px.shape[1] != self.img_size or px.shape[2] != self.img_size:
-            from ..data.pngio import resize_rgby
+            from ..io.png import resize_rgby
 
             px = resize_rgby(px, self.img_size)
         return px

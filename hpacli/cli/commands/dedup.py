@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -30,6 +30,7 @@ def command(
     shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Hash every image (resumable) and store duplicate groups; folds keep each group in one fold.
 
@@ -52,18 +53,23 @@ def command(
     check_out_file(out.with_suffix(".png"), "--out (the PNG beside it)")
     sh = parse_shard(shard)
     st = open_store(store, "r+")
-    if sh.origin:
+    if sh.origin and not json_out:
         console.print(sh.describe(), highlight=False)
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress, shard=sh)
-    if not summary["complete"]:
-        if summary.get("problems"):
+    if not summary.complete:
+        if json_out:
+            from ..render import print_json
+
+            print_json({**summary.as_dict(), "csv": None, "png": None})
+            return
+        if summary.problems:
             from ..render import problems_table
 
-            console.print(problems_table(summary["problems"]))
-        console.print(f"[green]hashed[/] {summary['hashed']} image(s) ({sh}); {summary['blocks_done']}/"
-                      f"{summary['blocks']} blocks done: [yellow]other shards still to run[/] (the last to finish "
+            console.print(problems_table(summary.problems))
+        console.print(f"[green]hashed[/] {summary.hashed} image(s) ({sh}); {summary.blocks_done}/"
+                      f"{summary.blocks} blocks done: [yellow]other shards still to run[/] (the last to finish "
                       f"finds the pairs and writes {out})", highlight=False)
         return
     pairs, dist = read_pairs(st)
@@ -77,6 +83,11 @@ def command(
         raise InputError(f"the duplicate groups are stored, but writing {out} failed: {exc.strerror or exc}; "
                          f"rerun `hpa dedup` with another --out") from None
 
+    if json_out:
+        from ..render import print_json
+
+        print_json({**summary.as_dict(), "csv": str(out), "png": str(png) if drawn else None})
+        return
     table = Table(title=f"duplicates (distance <= {threshold} in R, G and B)")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -85,11 +96,11 @@ def command(
                        ("images in groups", "n_images_in_groups"), ("largest group", "largest_group"),
                        ("train-test pairs", "train_test_pairs"),
                        ("cross-source pairs", "cross_source_pairs")):
-        table.add_row(label, f"{summary[key]:,}")
+        table.add_row(label, f"{getattr(summary, key):,}")
     console.print(table)
-    console.print(f"hashed from: {summary['source']}")
-    if summary.get("problems"):
+    console.print(f"hashed from: {summary.source}")
+    if summary.problems:
         from ..render import problems_table
 
-        console.print(problems_table(summary["problems"]))
+        console.print(problems_table(summary.problems))
     console.print(f"[green]pairs[/] written to {out}" + (f"; {drawn} pair(s) drawn in {png}" if drawn else ""))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import DeviceOpt, QuietOpt
+from ..options import DeviceOpt, JsonOpt, QuietOpt
 
 
 def command(
@@ -19,6 +19,7 @@ def command(
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated dataset and the training runs.")] = 0,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Generate a synthetic dataset and run every stage on it (ingest → ... → evaluate); re-running resumes."""
     import shutil
@@ -35,9 +36,14 @@ def command(
         shutil.rmtree(out)
     settings = DemoSettings.quick() if quick else DemoSettings()
     settings.seed = seed
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         result = run_demo(out, settings, device=device, progress=progress,
                           log=lambda msg: progress.console.print(msg, highlight=False))
+    if json_out:
+        from ..render import print_json
+
+        print_json(result)
+        return
     for table in demo_tables(result):
         console.print(table)
     console.print(f"artifacts in {out}: hpa.zarr, runs/, submission.csv, cells.csv, overlays/, selection/, segmentation/")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import QuietOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, QuietOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -38,6 +38,7 @@ def command(
     ] = None,
     workers: WorkersOpt = 2,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Register images (checking every file) in the store; re-running adds only new images."""
     from ...data.ingest import kaggle_candidates, public_candidates, run_ingest
@@ -60,11 +61,16 @@ def command(
     st.set_layout(images_per_file=images_per_file, cells_per_file=cells_per_file)
     params = {"root": str(root.resolve()), "layout": layout, "cache_size": cache_size, "strict": strict,
               "rebuild_cache": rebuild_cache}
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         report = run_ingest(
             st, candidates, data_root=root, cache_size=cache_size, rebuild_cache=rebuild_cache, strict=strict,
             workers=workers, progress=progress, params=params,
         )
+    if json_out:
+        from ..render import print_json
+
+        print_json(report)
+        return
     if report.problems:
         console.print(problems_table(report.problems))
     console.print(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -24,6 +24,7 @@ def command(
     shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Score every cell of the Negative images (resumable); store per-cell and per-image flags.
 
@@ -38,19 +39,31 @@ def command(
     check_out_file(png, "--png")  # before anything is stored
     sh = parse_shard(shard)
     st = open_store(store, "r+")  # a clear error when there is no store
-    if sh.origin:
+    if sh.origin and not json_out:
         console.print(sh.describe(), highlight=False)
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
                                 progress=progress, shard=sh)
-    if not summary["complete"]:
-        if summary["problems"]:
+    if not summary.complete:
+        if json_out:
+            from ..render import print_json
+
+            print_json({**summary.as_dict(), "png": None})
+            return
+        if summary.problems:
             from ..render import problems_table
 
-            console.print(problems_table(summary["problems"]))
-        console.print(f"[green]scored[/] {summary['scored_images_here']} image(s) ({sh}); {summary['blocks_done']}/"
-                      f"{summary['blocks']} blocks done: [yellow]other shards still to run[/] (the last to finish "
+            console.print(problems_table(summary.problems))
+        console.print(f"[green]scored[/] {summary.scored_images_here} image(s) ({sh}); {summary.blocks_done}/"
+                      f"{summary.blocks} blocks done: [yellow]other shards still to run[/] (the last to finish "
                       f"writes the flags)", highlight=False)
+        return
+    png.parent.mkdir(parents=True, exist_ok=True)
+    drawn = negatives_png(st, png)
+    if json_out:
+        from ..render import print_json
+
+        print_json({**summary.as_dict(), "png": str(png) if drawn else None})
         return
     table = Table(title=f"obvious-staining negatives (mean of the {top_k} brightest green pixels >= {threshold:g})")
     table.add_column("")
@@ -59,13 +72,11 @@ def command(
                        ("  scored", "scored_images"), ("  flagged", "flagged_images"),
                        ("cells scored", "scored_cells"), ("cells flagged", "flagged_cells"),
                        ("skipped (problems)", "n_problems")):
-        table.add_row(label, f"{summary[key]:,}")
+        table.add_row(label, f"{getattr(summary, key):,}")
     console.print(table)
-    if summary["problems"]:
+    if summary.problems:
         from ..render import problems_table
 
-        console.print(problems_table(summary["problems"]))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    drawn = negatives_png(st, png)
+        console.print(problems_table(summary.problems))
     if drawn:
         console.print(f"{drawn} cell(s) drawn in {png}")

@@ -9,6 +9,7 @@ import typer
 from ..options import JsonOpt
 
 PLURAL = {"loss": "losses"}
+SUPPLIED = {"backbone": ("num_classes", "in_chans"), "segmenter": ("device", "batch_size")}
 SLOW_IMPORT_S = 1.0  # a plugin slower to import than this gets a hint
 
 
@@ -18,6 +19,11 @@ def command(
         typer.Option("--list", help="List the names of one kind: backbones, segmenters, denoisers, losses."),
     ] = None,
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="Wildcard filter for --list, e.g. 'resnet*'.")] = "*",
+    options: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--options", metavar="KIND NAME", help="The options (-o key=value) one plugin object takes, "
+                     "e.g. --options denoiser graph-l1."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the loaded plugins (built-ins included): package, version and what each registers."""
@@ -25,6 +31,9 @@ def command(
     from ...registry import REGISTRIES
     from ..render import print_json
 
+    if options:
+        _show_options(*options, as_json)
+        return
     if list_kind:
         kind = {"losses": "loss"}.get(list_kind, list_kind.rstrip("s"))
         if kind not in REGISTRIES:
@@ -130,3 +139,37 @@ def _commands_by_plugin() -> dict[str, list[str]]:
         if names:
             out[impl.plugin_name] = names
     return out
+
+
+def _show_options(kind: str, name: str, as_json: bool = False) -> None:
+    """One line per option of a plugin object's factory: its name and default."""
+    import inspect
+
+    from ...errors import HpaError
+    from ...registry import REGISTRIES
+    from ..render import print_json
+
+    kind = {"losses": "loss"}.get(kind, kind.rstrip("s"))
+    if kind not in REGISTRIES:
+        raise HpaError(f"--options takes a kind ({', '.join(REGISTRIES)}) and a name")
+    entry = REGISTRIES[kind].get(name)
+    try:
+        params = list(inspect.signature(entry.factory).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    rows = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name in SUPPLIED.get(kind, ()):
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            rows.append({"name": f"**{p.name}", "default": "(any other keyword)"})
+        else:
+            rows.append({"name": p.name, "default": "(required)" if p.default is p.empty else p.default})
+    if as_json:
+        print_json({"kind": kind, "name": name, "plugin": entry.plugin, "options": rows})
+        return
+    for r in rows:
+        d = r["default"]
+        typer.echo(f"{r['name']}\t{d if isinstance(d, str) and d.startswith('(') else repr(d)}")
+    if not rows:
+        typer.echo(f"{kind} {name!r} takes no options")

@@ -11,6 +11,7 @@ from ..options import (
     BatchOpt,
     BlockSizeOpt,
     DeviceOpt,
+    JsonOpt,
     OverwriteOpt,
     QuietOpt,
     ShardOpt,
@@ -37,13 +38,9 @@ def command(
     keep_duplicates: Annotated[
         bool, typer.Option("--keep-duplicates", help="Also label the 2nd, 3rd... member of each duplicate group.")
     ] = False,
-    shard: ShardOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 16,
-    workers: WorkersOpt = 2,
+    shard: ShardOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = 16, workers: WorkersOpt = 2,
     block_size: BlockSizeOpt = None,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Label every cell of the validation images of each model's fold (out of fold).
 
@@ -51,9 +48,6 @@ def command(
     fill its input; sigmoid and embedding averaged over the views. Resumable; run
     `--shard i/n` in n processes (or on n GPUs) at once to split the work.
     """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.table import Table
 
     from ...label.pseudolabel import run_pseudolabel
@@ -64,15 +58,20 @@ def command(
     view_list = tuple(v.strip() for v in views.split(",") if v.strip())
     sh = parse_shard(shard)
     st = open_store(store, "r+")  # never create a store here
-    if sh.origin:
+    if sh.origin and not json_out:
         console.print(sh.describe(), highlight=False)
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_pseudolabel(
             st, models, run=run, shard=sh, batch_size=batch_size, device=device_for_process(device), workers=workers,
             views=view_list, skip_duplicates=not keep_duplicates, folds=folds, overwrite=overwrite,
             **({} if block_size is None else {"block": block_size}),
             progress=progress,
         )
+    if json_out:
+        from ..render import print_json
+
+        print_json(summary)
+        return
     table = Table(title=f"pseudo-labels {run!r}", show_header=False)
     table.add_row("cells labelled now", f"{summary.cells_labelled:,}")
     table.add_row("cells with an out-of-fold model", f"{summary.cells_assigned:,} of {summary.cells_total:,}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import QuietOpt, StoreOpt
+from ..options import JsonOpt, QuietOpt, StoreOpt
 
 
 def command(
@@ -32,21 +32,29 @@ def command(
                                                "accepted, or its 'decision' column), or 'review' = the cells "
                                                "accepted in `hpa review`.")] = None,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Select cells with Y_init below the bound and a high de-noised Y_opt; CSV + gallery to review."""
     from ...label.denoise import run_accept, run_select
     from ...progress import console
     from ...store import open_store
+    from ..render import print_json
 
     st = open_store(store, "r+")  # never create a store here
     if accept is not None:
         from_review = accept == "review"
         n = run_accept(st, run, None if from_review else Path(accept), name)
-        console.print(f"accepted {n} cell(s) from {'hpa review' if from_review else accept} "
+        if json_out:
+            print_json(n)
+            return
+        console.print(f"accepted {n.accepted} cell(s) from {'hpa review' if from_review else accept} "
                       f"as selection {name!r} of {run!r}")
         return
     res = run_select(st, run, cls, init_below, opt_frac, top, neighbours, min_hits, name=name, out_dir=out,
                      known=known, per_image=per_image)
+    if json_out:
+        print_json(res)
+        return
     c = res.counts
     console.print(f"rule: {res.rule}: {len(res.cells)} cell(s) selected")
     console.print(f"  threshold rule picks {c['threshold']}, cells under the bound {c['below_bound']}"

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic save, exact resume, rebuilding a model from its config alone.
+"""Checkpoints: the format, atomic save, rebuilding a model from its config alone, reading
+what a checkpoint says about itself.
 
 A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads::
 
@@ -9,26 +10,28 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads::
      "optimizer", "epoch", "batch_in_epoch", "step", "micro_in_cycle", "grads",
      "rng", "best", "train_config", "metrics"}
 
-``load_model(path)`` rebuilds the model with ``create_backbone(config["backbone"], **rest)``
-and loads the weights; ``init_from(model, path)`` loads weights from our checkpoints, plain
+     "backbone_provider": {"plugin", "package", "version"},  # who registered the backbone
+
+``load_model(path)`` rebuilds the model with :func:`hpacli.models.build.create_model` from
+``model_config`` and loads the weights; :func:`read_info` is the one reader of what a
+checkpoint records about its training (stage, fold, image size, cell crop geometry, the
+out-of-fold record); ``init_from(model, path)`` loads weights from our checkpoints, plain
 state_dicts or the bestfitting format into an existing model and says what did not fit.
+The trainer's own state (RNG, optimizer, position) lives in :mod:`hpacli.train`.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..plaindata import to_plain
+from ..errors import InputError, UnknownNameError
 
 FORMAT = "hpacli-checkpoint"
 VERSION = 1
@@ -57,7 +60,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> Any:
     """The object in a weight file, read through :func:`hpacli.models.weightfile.load_weights`
     (byte check first, then ``weights_only=True``); one-line errors naming the file."""
-    from ..models.weightfile import load_weights
+    from .weightfile import load_weights
 
     return load_weights(path, map_location=map_location)
 
@@ -66,30 +69,7 @@ def is_our_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-# ---------------------------------------------------------------------- models
-def ensure_embedding(model: nn.Module) -> nn.Module:
-    """Give a backbone without ``forward_with_embedding`` one (embedding = logits)."""
-    if not hasattr(model, "forward_with_embedding"):
-
-        def fwe(x, _m=model):
-            out = _m(x)
-            return out, out
-
-        model.forward_with_embedding = fwe  # instance attribute: the state_dict is unchanged
-    if not hasattr(model, "embedding_dim"):
-        model.embedding_dim = int(getattr(model, "num_classes", 0) or 0)
-    return model
-
-
-def model_config_of(model: nn.Module, fallback: dict | None = None) -> dict:
-    cfg = getattr(model, "config", None)
-    if isinstance(cfg, dict) and cfg.get("backbone"):
-        return to_plain(cfg)
-    if fallback is None:
-        raise InputError("the model has no `config` dict naming its backbone; pass model_config explicitly")
-    return to_plain(fallback)
-
-
+# ---------------------------------------------------------------------- model configs
 def _loads_files(key: str) -> bool:
     """Factory arguments that would make a backbone read or fetch files (timm's
     ``checkpoint_path``, ``pretrained_cfg`` overlays, ...): a config read from a checkpoint
@@ -129,21 +109,25 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def build_model(config: dict, source: str = "the model config") -> nn.Module:
-    """A fresh model from its plain config (``backbone`` name + factory keyword arguments)."""
-    from ..errors import HpaError
-    from ..registry import create_backbone
+def build_model(config: dict, source: str = "the model config", provider: dict | None = None) -> nn.Module:
+    """A fresh model from its plain config (``backbone`` name + factory keyword arguments).
+    ``provider`` (a checkpoint's ``backbone_provider``) names the package to install when
+    the backbone is not registered."""
+    from .build import create_model
 
     cfg = check_model_config(config, source)
     name = cfg.pop("backbone")
     try:
-        model = create_backbone(name, **cfg)
-    except HpaError as exc:
-        raise type(exc)(f"{source}: {exc}") from None
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"{source}: backbone {name!r} cannot be built from the model config "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    return ensure_embedding(model)
+        return create_model(name, source=source, **cfg)
+    except UnknownNameError:
+        pkg = (provider or {}).get("package")
+        if pkg and pkg not in ("hpacli", "?", "(runtime)"):
+            ver = (provider or {}).get("version")
+            raise UnknownNameError(
+                f"{source}: its backbone {name!r} comes from the plugin package {pkg}"
+                f"{f' {ver}' if ver and ver != '?' else ''}, which is not installed; install it "
+                f"(`pip install {pkg}`, or `pipx inject hpacli {pkg}`)") from None
+        raise
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -151,6 +135,96 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     ``model.forward_with_embedding(x) -> (logits, embedding)``; ``x`` is float RGBY 0..1.
     """
+    loaded = load(path, device)
+    return loaded.model, loaded.config
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint records about itself (the one reader of checkpoint metadata).
+
+    ``meta`` merges the checkpoint's ``config``, its ``train_config`` and that config's
+    ``extra`` (the training stage's own record, which wins); the properties read it."""
+
+    path: str
+    model_config: dict | None = None
+    provider: dict | None = None
+    meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str | None:
+        return self.meta.get("stage")
+
+    @property
+    def fold(self) -> int | None:
+        return None if self.meta.get("fold") is None else int(self.meta["fold"])
+
+    @property
+    def img_size(self) -> int | None:
+        return None if self.meta.get("img_size") is None else int(self.meta["img_size"])
+
+    @property
+    def folds_name(self) -> str | None:
+        return self.meta.get("folds_name")
+
+    @property
+    def cell_input(self) -> dict | None:
+        """The crop geometry of a cell model (``size``, ``work_size``, ``fit``), or None."""
+        geo = self.extra.get("cell_input")
+        return dict(geo) if isinstance(geo, dict) and geo else None
+
+    @property
+    def trained_images(self) -> list[str] | None:
+        """Image ids the weights have seen (:mod:`.trained_on`), None when not recorded."""
+        from .trained_on import images_of
+
+        return images_of(self.extra)
+
+    @property
+    def train_folds(self) -> dict | None:
+        rec = self.extra.get("trained_on")
+        return rec.get("folds") if isinstance(rec, dict) and isinstance(rec.get("folds"), dict) else None
+
+
+def info_of(obj: Any, path: str | Path) -> CheckpointInfo:
+    """:class:`CheckpointInfo` of an already-read checkpoint object."""
+    obj = obj if isinstance(obj, dict) else {}
+    tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
+    extra = tc.get("extra") if isinstance(tc.get("extra"), dict) else {}
+    meta: dict = {}
+    for sub in (obj.get("config"), tc, extra):
+        if isinstance(sub, dict):
+            meta.update({k: v for k, v in sub.items() if v is not None})
+    cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else None
+    prov = obj.get("backbone_provider") if isinstance(obj.get("backbone_provider"), dict) else None
+    return CheckpointInfo(str(path), cfg, prov, meta, extra)
+
+
+def read_info(path: str | Path) -> CheckpointInfo:
+    """What the checkpoint at ``path`` records about its training."""
+    return info_of(read_checkpoint(path), path)
+
+
+def read_cell_input(path: str | Path) -> dict:
+    """The crop geometry a cell model was trained with: ``size``, ``work_size`` (None =
+    original resolution), ``fit`` (resize | pad); a one-line error for other checkpoints."""
+    geo = read_info(path).cell_input
+    if not geo:
+        raise InputError(f"{path} is not a cell-level model (no cell_input in its train config); "
+                         "train with `hpa train-cell`")
+    return geo
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    config: dict
+    info: CheckpointInfo
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """Read a checkpoint once: the rebuilt model (eval mode), its config and its info."""
     obj = read_checkpoint(path)
     if not is_our_checkpoint(obj):
         raise InputError(
@@ -161,7 +235,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise InputError(f"checkpoint {path} has no model config; it cannot be rebuilt (train it again)")
     config = check_model_config(obj["model_config"], f"checkpoint {path}")
     state = checked_state_dict(obj.get("model"), f"checkpoint {path}")
-    model = build_model(config, f"checkpoint {path}")
+    provider = obj.get("backbone_provider") if isinstance(obj.get("backbone_provider"), dict) else None
+    model = build_model(config, f"checkpoint {path}", provider)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
@@ -171,7 +246,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if missing or unexpected:
         raise InputError(f"checkpoint {path} does not fit its own model config: {_describe_keys(missing, unexpected)}")
     model.to(device).eval()
-    return model, config
+    return Loaded(model, config, info_of(obj, path))
+
+
+def model_from_checkpoint_or_new(backbone: str | None, sources, default: str = "densenet121-hpa",
+                                 **options: Any) -> nn.Module:
+    """A fresh model: of ``backbone`` when given (with ``options``), else of the architecture
+    recorded by the first of ``sources`` that is an hpacli checkpoint, else ``default``."""
+    from .build import create_model
+
+    if backbone is None:
+        for src in sources:
+            if src is None:
+                continue
+            ck = read_checkpoint(src)
+            if is_our_checkpoint(ck):
+                if ck.get("model_config") is None:
+                    break
+                prov = ck.get("backbone_provider") if isinstance(ck.get("backbone_provider"), dict) else None
+                return build_model(ck["model_config"], f"checkpoint {src}", prov)
+    return create_model(backbone or default, **options)
 
 
 def checked_state_dict(sd: Any, source: str) -> dict:
@@ -240,7 +334,7 @@ def init_from(model: nn.Module, path: str | Path) -> InitReport:
     and a DataParallel ``module.`` prefix) and bestfitting DenseNet121 checkpoints (28→19
     classes). A 3-channel stem loaded into a 4-channel model gets the red weights as 4th.
     """
-    from ..models.bestfitting import convert_bestfitting_state_dict, is_bestfitting_state_dict
+    from .bestfitting import convert_bestfitting_state_dict, is_bestfitting_state_dict
 
     obj = read_checkpoint(path)
     target = model.state_dict()
@@ -289,40 +383,3 @@ def init_from(model: nn.Module, path: str | Path) -> InitReport:
     model.load_state_dict(fitting, strict=False)
     report.loaded = len(fitting)
     return report
-
-
-# ---------------------------------------------------------------------- RNG state as plain data
-def get_rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "python": _plain_py_state(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    s = state["numpy"]
-    np.random.set_state((s[0], s[1].numpy().astype(np.uint32), s[2], s[3], s[4]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except RuntimeError:  # another GPU count than when saved
-            pass
-
-
-def _plain_py_state(state):
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-
-
-plain = to_plain
