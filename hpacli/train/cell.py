@@ -9,6 +9,8 @@ Composition (the facts file, "Cell-level model"):
   (``targets="soft"``) or the de-noised ``Y_opt`` (``targets="denoised"``, first 19
   columns); cells of an accepted ``selection`` get 1 for the selection's class (both
   from :mod:`hpacli.store.denoise`, run ``denoise_run``, by default ``labels_run``).
+  ``targets="truth"`` is an analysis of synthetic data, asked for by name: the cells' true
+  classes from the store's training truth (the upper bound of what the labels could teach).
 - **Input** (:class:`CellCropDataset`): the masked bbox crop (other cells zeroed), tiled
   2× along the short side when it is under half the long side, zero-padded to a centred
   square and resized to ``img_size`` (``fit="resize"``); or cut from the image resized to
@@ -17,9 +19,11 @@ Composition (the facts file, "Cell-level model"):
 - **Training** is the shared :class:`~hpacli.train.trainer.Trainer` (checkpoints, exact
   resume, AMP, torchrun, progress); the soft-target losses of :mod:`hpacli.train.losses`.
 - **Validation** each epoch (:func:`cell_metrics`): focal loss on the soft targets
-  (``val_loss``), accuracy in 0.05-wide bins of the soft label (``bin_acc``), macro AP
-  against the binarised targets (``map``) and, when the store holds cell-level truth for
-  validation images, the competition's cell-level mAP (``cell_map``) computed by
+  (``val_loss``), accuracy in 0.05-wide bins of the soft label (``bin_acc``) and macro AP
+  against the binarised targets (``map``): what real data allows. ``best.pt`` is kept by
+  ``bin_acc`` (the seed's rule) unless another is named. Only when ``cell_map`` is named
+  (``best_metric="cell_map"``, an analysis of synthetic data) is the store's cell truth
+  read: the competition's cell-level mAP of the validation cells, computed by
   :func:`hpacli.evaluate.metric.evaluate_instances`, the code of ``hpa evaluate``.
 
 The crop geometry a later stage needs to feed the model is stored with the checkpoint in
@@ -42,7 +46,9 @@ from ..classes import N_CLASSES
 from ..errors import HpaError, StoreError
 from .trainer import TrainConfig, Trainer
 
-TARGET_KINDS = ("soft", "denoised")
+TARGET_KINDS = ("soft", "denoised", "truth")
+BEST_METRICS = ("bin_acc", "loss", "map", "cell_map")  # cell_map reads cell truth: an analysis, only by name
+DEFAULT_BEST_METRIC = "bin_acc"  # the seed's: accuracy in 0.05 bins of the soft label
 FITS = ("resize", "pad")
 BIN_WIDTH = 0.05
 STAGE = "train-cell"
@@ -149,6 +155,8 @@ def assemble_targets(
     if targets not in TARGET_KINDS:
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
     PL.check_current(store, labels_run)
+    if targets == "truth":
+        return truth_targets(store, PL.labelled_mask(store, labels_run))
     if targets == "soft":
         base = PL.read_probs(store, labels_run)
         has = PL.labelled_mask(store, labels_run)
@@ -170,6 +178,22 @@ def assemble_targets(
     out.source = (f"{targets} targets of {labels_run!r}" + (" masked by image labels" if mask_labels else "")
                   + (f" + selection {selection!r}" if selection else ""))
     return out
+
+
+def truth_targets(store, labelled: np.ndarray) -> CellTargets:
+    """Targets from the cell truth of the store's training images (synthetic data only): each
+    pseudo-labelled cell matched to a true cell (IoU ≥ 0.5) gets that cell's classes, 0/1;
+    unmatched cells stay out. An upper bound for the analysis, never a real-data rule."""
+    from ..evaluate.celltruth import cell_truth
+    from ..store.truth import read_has
+
+    if not read_has(store).any():
+        raise HpaError("--targets truth needs cell-level truth in the store (a dataset made by `hpa synth`)")
+    truth, matched = cell_truth(store)
+    has = np.asarray(labelled, dtype=bool) & matched
+    y = truth.astype(np.float32)
+    y[~has] = np.nan
+    return CellTargets(y, has, "true cell classes (analysis upper bound)")
 
 
 def cell_fold_rows(store, fold: int, has: np.ndarray, folds_name: str = "default") -> tuple[np.ndarray, np.ndarray]:
@@ -483,8 +507,8 @@ def run_train_cell(
     """Train the cell-level model on ``fold``'s training cells, validate on its validation
     cells; checkpoints and ``log.csv`` in ``out``. ``train_kwargs`` are :class:`TrainConfig`
     fields (defaults here: the seed's batch 32, accumulation 4, adam10 × 4, 5 epochs,
-    ``soft-focal-symmetric-lovasz-hardlog``; ``best_metric="auto"`` = ``cell_map`` when the
-    validation images have cell truth, else ``val_loss``)."""
+    ``soft-focal-symmetric-lovasz-hardlog``; ``best_metric`` ``bin_acc``, the seed's rule;
+    ``cell_map``, which reads the store's cell truth, only when named)."""
     log = log or (lambda msg: None)
     if img_size < 16:
         raise HpaError("--img-size must be at least 16")
@@ -494,6 +518,11 @@ def run_train_cell(
         raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
     if init_from is not None and not Path(init_from).exists():
         raise HpaError(f"--init-from {init_from} not found")
+    best_metric = train_kwargs.get("best_metric", DEFAULT_BEST_METRIC)
+    if best_metric not in BEST_METRICS:
+        raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
+    if targets == "truth" and (selection or mask_labels):
+        raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
     tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)
     if len(train_rows) == 0:
@@ -508,14 +537,14 @@ def run_train_cell(
         f"{len(train_rows)} training and {len(val_rows)} validation cells at {img_size}px ({tg.source}"
         + (f"; {tg.n_selected} selected cell(s) set to 1" if tg.n_selected else "") + ")"
     )
-    scorer = CellMapScorer(store, val_rows, max_images=max_truth_images, log=log) if len(val_rows) else None
+    scorer = None
+    if best_metric == "cell_map":  # an analysis asked for by name: the only place a run reads cell truth
+        scorer = CellMapScorer(store, val_rows, max_images=max_truth_images, log=log) if len(val_rows) else None
+        if not (scorer is not None and scorer.available):
+            raise HpaError("--best-metric cell_map needs cell-level truth for the validation images (synthetic data)")
     defaults = {"epochs": 5, "batch_size": 32, "accum": 4, "lr_mult": 4.0, "schedule": "adam10",
-                "loss": "soft-focal-symmetric-lovasz-hardlog", "val_loss": "soft-focal", "best_metric": "auto"}
-    kwargs = {**defaults, **train_kwargs}
-    if kwargs["best_metric"] == "auto":
-        kwargs["best_metric"] = "cell_map" if (scorer is not None and scorer.available) else "val_loss"
-    elif kwargs["best_metric"] == "cell_map" and not (scorer is not None and scorer.available):
-        raise HpaError("--best-metric cell_map needs cell-level truth for the validation images (synthetic data)")
+                "loss": "soft-focal-symmetric-lovasz-hardlog", "val_loss": "soft-focal", "best_metric": best_metric}
+    kwargs = {**defaults, **train_kwargs, "best_metric": best_metric}
     cfg = TrainConfig(out=str(out), **kwargs)
     resuming = cfg.resume and (Path(out) / "last.pt").exists()
     model, report = _model_from_init(backbone, init_from, Path(out) / "last.pt" if resuming else None)
@@ -539,6 +568,8 @@ def run_train_cell(
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
         "n_selected": int(tg.n_selected),
+        "mask_labels": bool(mask_labels),
+        "best_metric": best_metric,
     }
     trainer = CellTrainer(
         model, train_ds, val_ds, cfg, metrics_fn=cell_metrics(cfg.val_loss, scorer), progress=progress, log=log,
@@ -547,6 +578,6 @@ def run_train_cell(
     summary = trainer.fit()
     summary.update({
         "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_selected": int(tg.n_selected),
-        "cell_map_available": bool(scorer is not None and scorer.available),
+        "read_cell_truth": bool(scorer is not None or targets == "truth"),
     })
     return summary
