@@ -28,13 +28,17 @@ def run_train_image(
     init_from: str | Path | None = None,
     folds_name: str = "default",
     source: str = "auto",
+    global_pool: str | None = None,
     progress=None,
     log=None,
     callbacks=None,
     **train_kwargs,
 ) -> dict:
     """Train the image-level model on ``fold``'s training images, validate on its validation
-    images; checkpoints and log in ``out``. ``train_kwargs`` are :class:`TrainConfig` fields."""
+    images; checkpoints and log in ``out``. ``train_kwargs`` are :class:`TrainConfig` fields.
+    ``global_pool`` sets a timm backbone's pooling (e.g. ``catavgmax``: average and max pooled
+    features side by side, the seed's DenseNet head, so a pattern of a few cells survives
+    pooling); None keeps the backbone's own."""
     from .data import StoreImageDataset, select_image_rows
 
     log = log or (lambda msg: None)
@@ -53,7 +57,7 @@ def run_train_image(
         f"{len(train_rows)} training and {len(val_rows)} validation images at {img_size}px "
         f"from the {'pixel cache' if train_ds.source == 'cache' else 'PNG files'}"
     )
-    model = build_backbone(backbone)
+    model = build_backbone(backbone, **({"global_pool": global_pool} if global_pool else {}))
     if int(train_kwargs.get("batch_size", 8)) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise HpaError(f"{backbone} has batch normalisation: --batch-size must be at least 2 (use --accum for larger batches)")
     cfg = TrainConfig(out=str(out), **train_kwargs)
@@ -67,6 +71,7 @@ def run_train_image(
         "store": str(store.path),
         "fold": fold,
         "backbone": backbone,
+        "global_pool": global_pool,
         "img_size": img_size,
         "negatives": negatives,
         "init_from": str(init_from) if init_from else None,

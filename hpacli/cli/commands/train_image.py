@@ -28,6 +28,11 @@ def command(
     backbone: Annotated[
         str, typer.Option("--backbone", help="densenet121-hpa (the seed's) or any registered backbone / timm name.")
     ] = "densenet121-hpa",
+    global_pool: Annotated[
+        str | None,
+        typer.Option("--global-pool", help="Pooling of a timm backbone, e.g. catavgmax (average and max side by side, "
+                     "as the seed's DenseNet head: a pattern of a few cells survives pooling). Default: the backbone's."),
+    ] = None,
     img_size: Annotated[int, typer.Option("--img-size", min=32, help="Training image size (pixels).")] = 1024,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per micro-batch.")] = 8,
     accum: AccumOpt = 200,
@@ -81,7 +86,7 @@ def command(
 
     with training_display(quiet) as (progress, log):
         summary = run_train_image(
-            st, fold, out, backbone=backbone, img_size=img_size, negatives=negatives, init_from=init_from,
+            st, fold, out, backbone=backbone, global_pool=global_pool, img_size=img_size, negatives=negatives, init_from=init_from,
             source=source, progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
             epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
