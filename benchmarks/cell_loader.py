@@ -98,10 +98,10 @@ def loader_rate(ds: CellCropDataset, order: np.ndarray, workers: int, batch: int
 
 
 def model_rate(backbone: str, img: int, batch: int, steps: int) -> float:
+    from hpacli.models.build import create_model
     from hpacli.registry import create_loss
-    from hpacli.train.image import build_backbone
 
-    model = build_backbone(backbone).train()
+    model = create_model(backbone).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     loss_fn = create_loss("soft-focal-symmetric-lovasz-hardlog")
     x = torch.rand(batch, 4, img, img)

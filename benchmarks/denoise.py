@@ -194,7 +194,7 @@ def real_store(args) -> int:
     positives are truly mitotic cells whose pseudo-label is under the bound.
     """
     from hpacli.evaluate.celltruth import cell_truth
-    from hpacli.label.denoise import FoldEmbeddings, _fold_rows
+    from hpacli.label.denoise import _fold_rows
     from hpacli.label.graph_l1 import GraphL1Denoiser
     from hpacli.label.reference import reference_denoise
     from hpacli.store import open_store
@@ -208,7 +208,7 @@ def real_store(args) -> int:
           f"{int(fold.max()) + 1} folds; {int((truth[:, RARE] & matched).sum())} truly mitotic cells (matched)")
     for f in range(int(fold.max()) + 1):
         rows = np.flatnonzero(fold == f)
-        emb = FoldEmbeddings(st, args.run, rows)
+        emb = pl.read_embeddings(st, args.run, rows, dtype=np.float32)
         y_init = make_y_init(probs[rows])
         k = min(args.k, len(rows) - 2)
         n_eig = min(args.n_eig, len(rows) - 2)

@@ -34,7 +34,7 @@ def voronoi_labels(rng: np.random.Generator, size: int, n_cells: int) -> np.ndar
 
 
 def make_files(folder: Path, n_images: int, n_cells: int, size: int, seed: int):
-    from hpacli.evaluate.submission import submission_row, truth_row, write_submission
+    from hpacli.evaluate.submission import submission_row, truth_row, write_rows
 
     rng = np.random.default_rng(seed)
     truth_rows, sub_rows, truth_in, preds_in = [], [], {}, {}
@@ -48,8 +48,8 @@ def make_files(folder: Path, n_images: int, n_cells: int, size: int, seed: int):
         sub_rows.append(submission_row(f"img{i:05d}", pred, probs))
         truth_in[f"img{i:05d}"] = (lab, cells)
         preds_in[f"img{i:05d}"] = (pred, probs)
-    write_submission(folder / "truth.csv", truth_rows)
-    write_submission(folder / "sub.csv", sub_rows)
+    write_rows(folder / "truth.csv", truth_rows)
+    write_rows(folder / "sub.csv", sub_rows)
     return truth_in, preds_in
 
 

@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hpacli.models.build import create_model  # noqa: E402
 from hpacli.train.data import ArrayDataset  # noqa: E402
-from hpacli.train.image import build_backbone  # noqa: E402
 from hpacli.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     total = args.steps + args.warmup
     ds = Pool(images, targets, total * args.batch * world)
-    model = build_backbone(args.backbone)
+    model = create_model(args.backbone)
     stamps: list[float] = []
 
     def stamp(tr) -> None:

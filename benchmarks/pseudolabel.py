@@ -78,15 +78,16 @@ def build_store(root: Path, n_images: int, size: int, mask: int, seed: int = 0):
 def save_models(root: Path, backbone: str, img_size: int) -> str:
     import torch
 
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     for f in (0, 1):
         torch.manual_seed(f)
         m = TimmClassifier(backbone).eval()
         save_checkpoint(root / "runs" / f"fold{f}" / "best.pt", {
             "model_config": m.config, "model": m.state_dict(),
-            "train_config": {"extra": {"fold": f, "img_size": img_size}},
+            # untrained weights: they saw no image (the out-of-fold guard needs the record)
+            "train_config": {"extra": {"fold": f, "img_size": img_size, "trained_on": {"images": []}}},
         })
     return str(root / "runs" / "fold*" / "best.pt")
 
@@ -96,7 +97,9 @@ def naive(store, models_glob: str, rows: np.ndarray, views) -> tuple[float, dict
     import torch
 
     from hpacli.data import crops as C
-    from hpacli.label.pseudolabel import expand_model_paths, load_fold_models
+    from hpacli.data import views as V
+    from hpacli.infer.models import expand_model_paths
+    from hpacli.label.pseudolabel import load_fold_models
     from hpacli.store.cells import CellTable
     from hpacli.store.folds import read_image_folds
 
@@ -115,7 +118,7 @@ def naive(store, models_glob: str, rows: np.ndarray, views) -> tuple[float, dict
         x = torch.from_numpy(C.tile_fill(C.masked_crop(pix, lab, int(cells.column("cell_id")[r]), box), fm.img_size))
         x = x[None].float() / 255
         with torch.inference_mode():
-            p = sum(torch.sigmoid(fm.model(C.apply_view(x, v))) for v in views) / len(views)
+            p = sum(torch.sigmoid(fm.model(V.apply_view(x, v))) for v in views) / len(views)
         out[int(r)] = p[0].numpy()
     return time.perf_counter() - t, out
 
@@ -170,7 +173,7 @@ def main() -> None:
 
     import torch
 
-    from hpacli.data import crops as C
+    from hpacli.data.views import PSEUDOLABEL_VIEWS
     from hpacli.label.pseudolabel import run_pseudolabel
     from hpacli.store import open_store
     from hpacli.store import pseudolabels as PL
@@ -192,7 +195,7 @@ def main() -> None:
         t_fast = time.perf_counter() - t
         assert s.complete
         rows = np.arange(min(args.naive_cells, n))
-        t_naive, ref = naive(store, models, rows, C.PSEUDOLABEL_VIEWS)
+        t_naive, ref = naive(store, models, rows, PSEUDOLABEL_VIEWS)
         probs = PL.read_probs(store, "bench")
         err = max(float(np.abs(probs[r] - p).max()) for r, p in ref.items())
         fast_rate = s.cells_labelled / t_fast

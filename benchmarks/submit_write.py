@@ -31,9 +31,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from hpacli.classes import N_CLASSES
-    from hpacli.evaluate.masks import encode_mask
     from hpacli.evaluate.submission import format_prediction_string
     from hpacli.evaluate.write import write_submission
+    from hpacli.io.masks import encode_mask
     from hpacli.store import open_store
     from hpacli.store.cells import CellTable
     from hpacli.store.segmentation import read_labels_full

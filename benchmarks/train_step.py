@@ -24,9 +24,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hpacli.models.build import create_model  # noqa: E402
 from hpacli.registry import create_loss  # noqa: E402
 from hpacli.train.data import ArrayDataset  # noqa: E402
-from hpacli.train.image import build_backbone  # noqa: E402
 from hpacli.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 
@@ -81,9 +81,9 @@ def main() -> None:
     bare_t, our_t = [], []
     for r in range(args.rounds):
         torch.manual_seed(r)
-        bare_t += bare_loop(build_backbone(args.backbone), images, targets, args.batch, args.steps, loss_fn)
+        bare_t += bare_loop(create_model(args.backbone), images, targets, args.batch, args.steps, loss_fn)
         torch.manual_seed(r)
-        our_t += ours(build_backbone(args.backbone), images, targets, args.batch, args.steps + 1, args.loss)
+        our_t += ours(create_model(args.backbone), images, targets, args.batch, args.steps + 1, args.loss)
     b, o = statistics.median(bare_t), statistics.median(our_t)
     print(f"{args.backbone} {args.size}px batch {args.batch}, loss {args.loss}, {args.threads} threads, "
           f"{len(bare_t)} / {len(our_t)} timed steps")

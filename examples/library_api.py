@@ -12,36 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-from hpacli.data.ingest import kaggle_candidates, run_ingest
-from hpacli.data.synth import SynthConfig, run_synth
-from hpacli.evaluate.celltruth import cell_truth
-from hpacli.evaluate.metric import evaluate_instances
-from hpacli.segment.stage import run_segment
-from hpacli.store import open_store
-from hpacli.store.cells import CellTable
-from hpacli.store.segmentation import read_labels_full
-from hpacli.store.truth import truth_label_images
+import hpacli
 
 
 def main(work: Path) -> None:
     data, store_path = work / "data", work / "hpa.zarr"
-    run_synth(data, SynthConfig(n_images=8, size=128, test_images=0, seed=1), force=True)
-    store = open_store(store_path, "a")
+    hpacli.run_synth(data, hpacli.SynthConfig(n_images=8, size=128, test_images=0, seed=1), force=True)
+    store = hpacli.open_store(store_path, "a")
     if store.images.n == 0:
-        run_ingest(store, kaggle_candidates(data), data_root=data, cache_size=128)
-    run_segment(store, "classical")
+        hpacli.run_ingest(store, hpacli.kaggle_candidates(data), data_root=data, cache_size=128)
+    seg = hpacli.run_segment(store, "classical")
+    print(seg.to_json(indent=None))  # every stage returns a summary dataclass (hpa ... --json prints it)
 
-    cells = CellTable(store)
-    classes, matched = cell_truth(store)
+    # reading what the stages stored
+    cells = hpacli.CellTable(store)
+    classes, matched = hpacli.cell_truth(store)
     print(f"{cells.n} cells segmented, {matched.mean():.0%} matched to a true cell (IoU >= 0.5)")
     truth, preds = {}, {}
     for i, image_id in enumerate(store.images.ids()):
-        truth[image_id] = truth_label_images(store, i)
+        truth[image_id] = hpacli.truth_label_images(store, i)
         rows = cells.rows_of(i)
-        labels = read_labels_full(store, i)[1]
+        labels = hpacli.read_labels_full(store, i)[1]
         ids = cells.column("cell_id")[rows]
         preds[image_id] = (labels, {int(c): classes[r].astype(np.float32) for c, r in zip(ids, range(rows.start, rows.stop))})
-    result = evaluate_instances(truth, preds)
+    result = hpacli.evaluate_instances(truth, preds)
     print(f"mAP with true classes on the segmented cells: {result.mAP:.3f} (1.0 = perfect segmentation)")
 
 

@@ -18,7 +18,7 @@ for f in 0 1; do
     --batch-size 16 --accum 1 --epochs 8 --schedule constant --lr-mult 200 --negatives all
 done
 hpa pseudolabel --store hpa.zarr --models 'runs/image/fold*/best.pt' --run oof
-hpa denoise --store hpa.zarr --run oof --k 20
+hpa denoise --store hpa.zarr --run oof -o k=20
 # known positives from the labelled images' unusual cells (the demo's rule; see the README)
 hpa select-mitotic --store hpa.zarr --run oof --top 0 --known outliers --per-image 2 --neighbours 8 \
   --min-hits 2 --out selection

@@ -43,6 +43,7 @@ import numpy as np
 from .classes import MITOTIC_SPINDLE
 from .errors import HpaError
 from .plaindata import to_plain
+from .summary import Summary
 
 ROWS = {
     "image": "(a) image models of all folds on cells",
@@ -115,7 +116,7 @@ class DemoSettings:
 
 
 @dataclass
-class DemoResult:
+class DemoResult(Summary):
     out: Path
     settings: dict
     timings: dict[str, float] = field(default_factory=dict)
@@ -253,7 +254,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
         best = {}
         for f in range(s.n_folds):
             res = run_train_image(
-                store(), f, runs / "image" / f"fold{f}", backbone=s.backbone, global_pool=s.global_pool,
+                store(), f, runs / "image" / f"fold{f}", backbone=s.backbone,
+                backbone_options={"global_pool": s.global_pool} if s.global_pool else None,
                 img_size=s.img_size, negatives="all", epochs=s.image_epochs, batch_size=s.image_batch, accum=1,
                 lr_mult=s.lr_mult, schedule=s.schedule, workers=min(s.workers, 1), device=device, seed=s.seed + f,
                 progress=progress, log=log, resume=(runs / "image" / f"fold{f}" / "last.pt").exists(),
@@ -291,8 +293,10 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
                 sel = run_select(st, run="oof", cls=MITOTIC_SPINDLE, top=0, name=name, out_dir=out / "selection",
                                  known="outliers", per_image=s.select_per_image, neighbours=s.select_neighbours,
                                  min_hits=s.select_min_hits)
-            # the demo accepts the selection as it is (a person would review the gallery first)
-            accepted = run_accept(st, "oof", sel.csv, name=name) if sel.csv is not None else 0
+            # the demo accepts the selection as it is; a person would review it first, in `hpa review`
+            log(f"select-mitotic: a person would review these cells now: hpa review --store {store_path} "
+                f"--run oof --selection {name}")
+            accepted = run_accept(st, "oof", sel.csv, name=name).accepted if sel.csv is not None else 0
             done[name] = {"rule": sel.rule, "selected": int(len(sel.cells)), "accepted": int(accepted),
                           "counts": sel.counts, "gallery": str(sel.gallery) if sel.gallery else None}
         return done

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -72,13 +70,3 @@ class NullProgress:
 
 def add_task(progress, description: str, total: int | None, unit: str = "it", info: str = "") -> int:
     return progress.add_task(description, total=total, unit=unit, info=info)
-
-
-@contextmanager
-def progress_or_null(progress=None):
-    """Use the given progress display, or open one for the duration."""
-    if progress is not None:
-        yield progress
-        return
-    with make_progress() as p:
-        yield p

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HPA_CACHE_DIR", "")  # no plugin-command cache in the user's home (tests/test_startup.py sets one)
 
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402

@@ -31,12 +31,13 @@ def write_rgby(folder: Path, image_id: str, pixels: np.ndarray) -> None:
         Image.fromarray(plane).save(folder / f"{image_id}_{c}.png")
 
 
-def make_kaggle_dataset(root: Path, n_train: int = 12, n_test: int = 3, size: int = 64, seed: int = 0) -> Path:
+def make_kaggle_dataset(root: Path, n_train: int = 12, n_test: int = 3, size: int = 64, seed: int = 0,
+                        prefix: str = "train") -> Path:
     rng = np.random.default_rng(seed)
     root = Path(root)
     rows = []
     for i in range(n_train):
-        image_id = f"train{i:04d}"
+        image_id = f"{prefix}{i:04d}"
         write_rgby(root / "train", image_id, smooth_image(rng, size))
         labels = sorted(set(rng.choice(19, size=rng.integers(1, 4), replace=False).tolist()))
         rows.append(f"{image_id},{'|'.join(map(str, labels))}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hpacli.data import crops as C
+from hpacli.data import views as V
 
 # ----------------------------------------------------------------------------- a tiny store with cells
 # (shared with test_pseudolabel.py)
@@ -161,30 +162,30 @@ def test_cell_model_input_tile_pad_resize():
 def test_views_are_the_named_transforms():
     a = np.arange(12).reshape(3, 4)
     H, W = a.shape
-    assert np.array_equal(C.apply_view(a, "id"), a)
-    assert np.array_equal(C.apply_view(a, "vflip"), a[::-1, :])
-    assert np.array_equal(C.apply_view(a, "hflip"), a[:, ::-1])
-    r = C.apply_view(a, "rot90")
+    assert np.array_equal(V.apply_view(a, "id"), a)
+    assert np.array_equal(V.apply_view(a, "vflip"), a[::-1, :])
+    assert np.array_equal(V.apply_view(a, "hflip"), a[:, ::-1])
+    r = V.apply_view(a, "rot90")
     assert r.shape == (W, H)
     for i in range(W):
         for j in range(H):
             assert r[i, j] == a[j, W - 1 - i]  # counter-clockwise quarter turn
-    assert np.array_equal(C.apply_view(a, "transpose"), a.T)
+    assert np.array_equal(V.apply_view(a, "transpose"), a.T)
     # torch gives the same on [B, C, H, W]
     t = torch.arange(2 * 12).reshape(1, 2, 3, 4)
-    for name in C.VIEWS:
-        assert np.array_equal(C.apply_view(t, name).numpy(), C.apply_view(t.numpy(), name)), name
+    for name in V.VIEWS:
+        assert np.array_equal(V.apply_view(t, name).numpy(), V.apply_view(t.numpy(), name)), name
 
 
 def test_dihedral_is_the_group_of_eight():
     a = np.arange(9).reshape(3, 3)
-    outs = {C.dihedral(a, d).tobytes() for d in range(8)}
+    outs = {V.dihedral(a, d).tobytes() for d in range(8)}
     assert len(outs) == 8
     for d in range(8):  # every element has an inverse among the eight
-        y = C.dihedral(a, d)
-        assert any(np.array_equal(C.dihedral(y, e), a) for e in range(8))
+        y = V.dihedral(a, d)
+        assert any(np.array_equal(V.dihedral(y, e), a) for e in range(8))
     with pytest.raises(Exception, match="unknown view"):
-        C.check_views(["id", "spin"])
+        V.check_views(["id", "spin"])
 
 
 # ----------------------------------------------------------------------------- dataset

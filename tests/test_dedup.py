@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from hpacli.classes import CHANNELS
 from hpacli.data.ingest import kaggle_candidates, run_ingest
+from hpacli.errors import EXIT_USAGE
 from hpacli.prep.dedup import (
     choose_blocks,
     connected_groups,
@@ -270,6 +271,86 @@ def test_cli_dedup(tmp_path):
     png = Image.open(out.with_suffix(".png"))
     assert png.size[0] > 256 and png.size[1] > 256
     bad = CliRunner().invoke(build_app(), ["dedup", "--store", str(tmp_path / "s.zarr"), "--source", "x", "-q"])
-    assert bad.exit_code == 2 and "--source" in bad.output
+    assert bad.exit_code == EXIT_USAGE and "--source" in bad.output
     missing = CliRunner().invoke(build_app(), ["dedup", "--store", str(tmp_path / "none.zarr"), "-q"])
-    assert missing.exit_code == 2 and "no store" in missing.output
+    assert missing.exit_code == EXIT_USAGE and "no store" in missing.output
+
+
+# ------------------------------------------------------------------ two ingests, with and without the cache
+@pytest.mark.parametrize("first,second", [(None, 64), (64, None), (64, 64), (None, None)])
+def test_two_ingests_then_dedup_finds_planted_duplicates_only(tmp_path, first, second):
+    """The first ingest registers half of the train images, the second the rest (and the
+    test image); whatever the cache options, dedup finds exactly the planted pairs."""
+    root = tmp_path / "data"
+    expected = make_dataset(root)
+    df = pd.read_csv(root / "train.csv")
+    df.iloc[: len(df) // 2].to_csv(root / "train.csv", index=False)
+    st = open_store(tmp_path / "s.zarr", "a")
+    run_ingest(st, kaggle_candidates(root, include_test=False), data_root=root, cache_size=first, workers=1)
+    df.to_csv(root / "train.csv", index=False)
+    run_ingest(st, kaggle_candidates(root), data_root=root, cache_size=second, workers=1)
+    assert st.images.n == len(df) + 1
+    summary = run_dedup(st, threshold=12, workers=1)
+    found = found_pairs(st)
+    assert found == expected, (sorted(found - expected), sorted(expected - found))
+    assert summary["n_pairs"] == 6 and summary["largest_group"] == 3
+    cached = first is not None or second is not None
+    assert st.attrs("dedup")["provenance"]["params"]["source"] == ("cache" if cached else "png")
+
+
+def test_dedup_never_hashes_cache_rows_without_marker(tmp_path):
+    """A cache without markers (a store from before them): auto hashes the PNGs, --source
+    cache is refused, and hashes made from that cache before are not reused."""
+    import shutil
+
+    from hpacli.errors import HpaError
+
+    expected = make_dataset(tmp_path / "data")
+    st = ingest(tmp_path / "data", tmp_path / "s.zarr", 64)
+    n = st.images.n
+    st.array("images/cache")[: n // 2] = np.zeros((n // 2, 4, 64, 64), np.uint8)  # rows never written
+    shutil.rmtree(tmp_path / "s.zarr" / "images" / "cache_ok")
+    with pytest.raises(HpaError, match=f"{n} of {n} images have no pixels in the store's cache"):
+        run_dedup(st, source="cache", workers=1)
+    assert not st.has("dedup/group")
+    run_dedup(st, workers=1)
+    assert found_pairs(st) == expected
+    assert st.attrs("dedup")["provenance"]["params"]["source"] == "png"
+    # the next ingest fills the cache (new cache id): hashes of the cache are made afresh
+    run_ingest(st, kaggle_candidates(tmp_path / "data"), data_root=tmp_path / "data", workers=1)
+    assert st.images.cache_complete
+    run_dedup(st, workers=1)
+    assert found_pairs(st) == expected
+    assert st.attrs("dedup/hashes")["cache_id"] == st.images.cache_id
+    assert st.attrs("dedup")["provenance"]["params"]["source"] == "cache"
+
+
+# ------------------------------------------------------------------ the output path
+def test_cli_dedup_checks_the_output_before_storing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hpacli.cli.app import build_app
+
+    make_dataset(tmp_path / "data")
+    store = tmp_path / "s.zarr"
+    ingest(tmp_path / "data", store, 64)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "dups.png").mkdir()  # the PNG beside dups.csv would land on a folder
+    for bad, why in ((tmp_path / "a_file" / "dups.csv", "a_file is a file"),
+                     (tmp_path / "a_dir", "is a folder"),
+                     (tmp_path / "x.png", "give the CSV's name"),
+                     (tmp_path / "dups.csv", "is a folder"),
+                     (tmp_path / ("n" * 300) / "d.csv", "longer than 255 bytes")):
+        res = CliRunner().invoke(build_app(), ["dedup", "--store", str(store), "-o", str(bad), "-q"])
+        assert res.exit_code == EXIT_USAGE, (bad, res.output)
+        assert "Traceback" not in res.output and why in " ".join(res.output.split()), res.output
+        assert not store.joinpath("dedup").exists()  # nothing stored
+    # by default the CSV goes beside the store, whatever the current folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = CliRunner().invoke(build_app(), ["dedup", "--store", str(store), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s.zarr-duplicates.csv").exists() and (tmp_path / "s.zarr-duplicates.png").exists()
+    assert list(elsewhere.iterdir()) == []

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from hpacli.demo import ROWS, DemoSettings, demo_steps, yardstick_markdown, yardstick_table
-from hpacli.errors import HpaError
+from hpacli.errors import EXIT_USAGE, HpaError
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_demo_quick_end_to_end_and_resume(cli, tmp_path):
     assert json.loads((out / "scores.json").read_text()) == scores
     # other settings in the same folder are refused
     other = cli(["demo", "--out", out, "--quiet", "--device", "cpu"])
-    assert other.exit_code == 2 and "other settings" in other.output
+    assert other.exit_code == EXIT_USAGE and "other settings" in other.output
 
 
 def test_rows_and_steps():

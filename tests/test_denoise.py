@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpacli.errors import HpaError, InputError
+from hpacli.errors import EXIT_USAGE, HpaError, InputError
 from hpacli.label import graph_l1 as gl
 from hpacli.label import knn as knnmod
 from hpacli.label import reference as ref
@@ -86,9 +86,13 @@ def test_convergence_rule():
     old = np.ones(1000)
     new = old.copy()
     new[:1] = 2.0  # 0.1 % of the entries moved a lot
-    assert gl.converged(new, old, 0.01, 0.999)[0]
+    assert gl.converged(new, old, 0.01, 0.999)[0]  # the seed's rule (no tol) stops here
+    assert not gl.converged(new, old, 0.01, 0.999, tol=1e-6)[0]  # the default does not
     new[:2] = 2.0
     assert not gl.converged(new, old, 0.01, 0.999)[0]
+    new = old + 5e-7
+    assert gl.converged(new, old, 0.01, 0.999, tol=1e-6)[0]
+    assert not gl.converged(new + 1e-6, old, 0.01, 0.999, tol=1e-6)[0]
 
 
 # ---------------------------------------------------------------------- full pipeline
@@ -109,14 +113,14 @@ def test_fast_pipeline_reaches_the_reference_optimum(fold):
     assert gl.objective(slow.y_opt, a, slow.v, slow.eigvals, y0, 0.001, 0.12) <= slow.objective + 1e-9
 
 
-def test_objective_never_increases_and_tighter_stopping_lowers_it(fold):
+def test_objective_never_increases_and_the_seeds_early_stop_is_above_the_optimum(fold):
     x, y0, _, _ = fold
-    d = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact")
-    r = d.run(x, y0)
+    r = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact").run(x, y0)
     h = np.array(r.history)
-    assert (np.diff(h) <= 1e-9).all()
-    tight = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact", rtol=1e-6, stop_frac=1.0).run(x, y0, graph=r.knn)
-    assert tight.n_iter > r.n_iter and tight.objective <= r.objective
+    assert (np.diff(h) <= 1e-9).all() and r.converged
+    early = gl.GraphL1Denoiser(k=20, n_eig=12, knn="exact", tol=0).run(x, y0, graph=r.knn)  # the seed's rule
+    assert early.converged and early.n_iter < r.n_iter and early.objective > r.objective
+    assert early.params["tol"] is None and r.params["tol"] == 1e-6
 
 
 def test_denoising_raises_the_missing_positives(fold):
@@ -189,8 +193,11 @@ def test_connectivity_is_symmetric_binary():
 
 
 def test_knn_bad_input():
-    with pytest.raises(InputError, match="more than"):
-        knnmod.knn_graph(np.zeros((5, 3), np.float32), 5)
+    with pytest.raises(InputError, match="need at least 6 cells"):
+        knnmod.knn_graph(np.zeros((5, 3), np.float32), 6)  # k counts the cell itself: 5 cells allow k = 5
+    assert knnmod.knn_graph(np.arange(15, dtype=np.float32).reshape(5, 3), 5).indices.shape == (5, 4)
+    with pytest.raises(HpaError, match="at least 2"):
+        knnmod.knn_graph(np.zeros((5, 3), np.float32), 1)
     with pytest.raises(InputError, match="not finite"):
         knnmod.knn_graph(SliceOnly(np.full((30, 3), np.nan, np.float32)), 5)
     with pytest.raises(HpaError, match="unknown kNN"):
@@ -331,7 +338,7 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     assert "de-noised" in res.output
     res = runner.invoke(build_app(), ["denoise", "--store", s, "--run", "r", "--fold", "7", "--k", "20",
                                       "--n-eig", "12", "-q"])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == EXIT_USAGE and "does not exist" in res.output
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--top", "5", "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "threshold rule picks" in res.output
@@ -343,7 +350,7 @@ def test_denoise_and_select_commands(denoise_store, tmp_path):
     assert (tmp_path / "mitotic_r.png").exists()
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--known", "outliers",
                                       "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "images table" in res.output  # this store has cells but no images
+    assert res.exit_code == EXIT_USAGE and "images table" in res.output  # this store has cells but no images
     res = runner.invoke(build_app(), ["select-mitotic", "--store", s, "--run", "r", "--accept",
                                       str(tmp_path / "mitotic_r.csv")])
     assert res.exit_code == 0 and "accepted 5" in res.output
@@ -420,3 +427,96 @@ def test_select_with_outlier_known_positives_needs_image_labels(denoise_store):
         run_select(st, "r", top=0, known="outliers")
     with pytest.raises(HpaError, match="--known"):
         run_select(st, "r", top=0, known="labels")
+
+
+# ----------------------------------------------------------------------------- the seed's de-noiser
+def _seed_denoiser(x, y0, k, n_eig, lam=0.001, gamma=0.12):
+    """The seed's de-noiser written from its description, sharing no code with hpacli:
+    sklearn's ``kneighbors_graph(mode='connectivity', include_self=True)`` by brute force
+    (k counts the cell itself), ``(A + Aᵀ) > 0``, scipy's ``csgraph.laplacian(normed=True)``
+    (degrees and off-diagonal without the self loops), a dense eigensolver, and the
+    objective minimised by exact alternating steps until nothing moves (1e-13)."""
+    from scipy.linalg import eigh
+
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # exact: 0 on the diagonal
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    assert (nearest[:, 0] == np.arange(n)).all()  # each cell is its own first neighbour
+    graph = np.zeros((n, n))
+    graph[np.repeat(np.arange(n), k), nearest.ravel()] = 1.0
+    graph = ((graph + graph.T) > 0).astype(np.float64)
+    off = graph - np.diag(np.diag(graph))
+    deg = off.sum(axis=1)
+    lap = np.eye(n) - off / np.sqrt(np.outer(deg, deg))
+    lam_all, vecs = eigh(lap)
+    w, v = np.clip(lam_all[:n_eig], 0, None), vecs[:, :n_eig]
+    assert lam_all[n_eig] - lam_all[n_eig - 1] > 1e-6  # a well-defined eigenspace
+    thr = lam * np.sqrt(w)[:, None]
+    y = np.array(y0, dtype=np.float64)
+    for _ in range(100000):
+        b = v.T @ y
+        f = v @ (np.sign(b) * np.maximum(np.abs(b) - thr, 0.0))
+        # per entry: the better of the two one-sided minimisers of ½(z − f)² + γ|z − y0|, z ≥ 0
+        hi = np.maximum(f - gamma, y0)
+        lo = np.maximum(0.0, np.minimum(f + gamma, y0))
+        cost_hi = 0.5 * (hi - f) ** 2 + gamma * np.abs(hi - y0)
+        cost_lo = 0.5 * (lo - f) ** 2 + gamma * np.abs(lo - y0)
+        y_new = np.where(cost_hi <= cost_lo, hi, lo)
+        moved = np.abs(y_new - y).max()
+        y = y_new
+        if moved < 1e-13:
+            break
+    return y, nearest
+
+
+@pytest.fixture(scope="module")
+def seed_case():
+    x, y0, miss, rare = clustered(n=900, d=16, n_clusters=6, rare=40, missing=15, seed=3)
+    x = x * 0.6 + np.random.default_rng(4).normal(size=x.shape).astype(np.float32)  # clusters touch: one graph
+    k, n_eig = 40, 20
+    y_ref, nearest = _seed_denoiser(x, y0, k, n_eig)
+    return x, y0, k, n_eig, y_ref, nearest
+
+
+def test_graph_l1_matches_the_seeds_denoiser(seed_case):
+    x, y0, k, n_eig, y_ref, nearest = seed_case
+    res = gl.GraphL1Denoiser(k=k, n_eig=n_eig, knn="exact").run(x, y0)
+    # the same graph: k counts the cell itself, so the table holds its k − 1 nearest others
+    assert res.knn.indices.shape == (len(x), k - 1) and res.knn.k == k
+    np.testing.assert_array_equal(np.sort(res.knn.indices, 1), np.sort(nearest[:, 1:], 1))
+    assert res.converged
+    assert np.abs(res.y_opt - y_ref).max() <= 1e-4  # the issue's bar is 1e-3; measured 2.5e-6
+    # the faithful reference of hpacli (ADMM A-steps) agrees too
+    slow = ref.reference_denoise(x, y0, k=k, n_eig=n_eig)
+    assert np.abs(slow.y_opt - y_ref).max() <= 1e-4
+    # IVF searching every list finds the same graph
+    ivf = knnmod.knn_graph(x, k, "ivf", pca_dim=0, nlist=8, nprobe=8)
+    np.testing.assert_array_equal(np.sort(ivf.indices, 1), np.sort(res.knn.indices, 1))
+
+
+def test_the_seed_check_catches_an_off_by_one_graph_and_the_early_stop(seed_case):
+    x, y0, k, n_eig, y_ref, _ = seed_case
+    # k other cells instead of k − 1 (the old meaning of k): visibly another optimum
+    off_by_one = gl.GraphL1Denoiser(k=k + 1, n_eig=n_eig, knn="exact").run(x, y0)
+    assert np.abs(off_by_one.y_opt - y_ref).max() > 1e-3
+    # the seed's early stopping rule leaves Y_opt short of the optimum by more than the bar
+    early = gl.GraphL1Denoiser(k=k, n_eig=n_eig, knn="exact", tol=0).run(x, y0)
+    assert np.abs(early.y_opt - y_ref).max() > 1e-3
+
+
+def test_near_ties_at_the_kth_neighbour_are_settled_in_float64():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 64)) * 2.5
+    x = (centres[rng.integers(0, 12, 6000)] + rng.normal(size=(6000, 64))).astype(np.float32)
+    want = knnmod.exact_knn_numpy(x, 200)  # float64
+    g = knnmod.knn_graph(x, 200, "exact")
+    assert all(set(a) == set(b) for a, b in zip(g.indices, want))
+    # float32 search alone gets the 199th other cell of a few cells wrong (this data: 3)
+    xc = knnmod._centred(x)
+    index = faiss.IndexFlatL2(64)
+    index.add(xc)
+    plain, _ = knnmod._search(index, xc, 200, 8192)
+    assert sum(set(a) != set(b) for a, b in zip(plain, want)) >= 1

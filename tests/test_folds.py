@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from hpacli.classes import N_CLASSES, NEGATIVE
-from hpacli.errors import HpaError
+from hpacli.errors import EXIT_USAGE, HpaError
 from hpacli.prep.dedup import connected_groups
 from hpacli.prep.folds import cell_folds, image_folds, run_cell_folds, run_fold
 from hpacli.store import open_store
@@ -254,8 +254,8 @@ def test_cli_fold(tmp_path):
     assert res.exit_code == 0, res.output
     assert "dropped" in res.output
     res = runner.invoke(build_app(), ["fold", "--store", s, "--drop-duplicates", "--ignore-duplicates"])
-    assert res.exit_code == 2 and "exclude" in res.output
+    assert res.exit_code == EXIT_USAGE and "exclude" in res.output
     res = runner.invoke(build_app(), ["fold", "--store", s, "--cells"])
-    assert res.exit_code == 2 and "hpa segment" in res.output
+    assert res.exit_code == EXIT_USAGE and "hpa segment" in res.output
     res = runner.invoke(build_app(), ["fold", "--store", s, "--negatives", "some"])
-    assert res.exit_code == 2 and "--negatives" in res.output
+    assert res.exit_code == EXIT_USAGE and "--negatives" in res.output

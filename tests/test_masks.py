@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from hpacli.evaluate.masks import (
+from hpacli.io.masks import (
     decode_mask,
     encode_label_image,
     encode_mask,

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from hpacli.errors import InputError
-from hpacli.evaluate.masks import encode_mask
 from hpacli.evaluate.metric import (
     average_precision,
     evaluate,
@@ -19,6 +18,7 @@ from hpacli.evaluate.metric import (
     pairwise_iou,
 )
 from hpacli.evaluate.submission import HEADER, ImageInstances, format_prediction_string, parse_frame
+from hpacli.io.masks import encode_mask
 
 
 def rect(h, w, r0, r1, c0, c1):
@@ -119,23 +119,26 @@ def test_image_without_truth_is_ignored():
     assert res2.mAP == 1.0 and res2.n_dropped == 2 and res2.n_images_without_truth == 0
 
 
-def test_ties_group_is_order_independent_first_follows_order():
+def test_ties_submission_follows_the_file_group_is_order_independent():
     t = truth([("a", H, W, [(0, A)]), ("b", H, W, [(0, A)])])
     tp_first = frame([("a", H, W, [(0, 0.5, A)]), ("b", H, W, [(0, 0.5, C)])])  # TP in a, FP in b
     fp_first = tp_first.iloc[::-1].reset_index(drop=True)
-    # group: one threshold at 0.5 -> precision 1/2 at recall 1/2
-    assert evaluate_frames(t, tp_first).per_class_ap[0] == pytest.approx(0.25)
+    # default = submission: tied detections ranked one by one in file order (images, then triples)
+    assert evaluate_frames(t, tp_first).per_class_ap[0] == pytest.approx(0.5)
     assert evaluate_frames(t, fp_first).per_class_ap[0] == pytest.approx(0.25)
-    # first: order of appearance (submission rows, then triples)
-    assert evaluate_frames(t, tp_first, ties="first").per_class_ap[0] == pytest.approx(0.5)
-    assert evaluate_frames(t, fp_first, ties="first").per_class_ap[0] == pytest.approx(0.25)
+    assert evaluate_frames(t, tp_first).ties == "submission"
+    assert evaluate_frames(t, tp_first, ties="first").per_class_ap[0] == pytest.approx(0.5)  # the older name
+    # group: one threshold at 0.5 -> precision 1/2 at recall 1/2, whatever the order
+    assert evaluate_frames(t, tp_first, ties="group").per_class_ap[0] == pytest.approx(0.25)
+    assert evaluate_frames(t, fp_first, ties="group").per_class_ap[0] == pytest.approx(0.25)
     # within one PredictionString, too
     t1 = truth([("a", H, W, [(0, A), (0, B)])])
     s_tp = frame([("a", H, W, [(0, 0.5, A), (0, 0.5, C)])])
     s_fp = frame([("a", H, W, [(0, 0.5, C), (0, 0.5, A)])])
-    assert evaluate_frames(t1, s_tp, ties="first").per_class_ap[0] == pytest.approx(0.5)
-    assert evaluate_frames(t1, s_fp, ties="first").per_class_ap[0] == pytest.approx(0.25)
-    assert evaluate_frames(t1, s_fp).per_class_ap[0] == evaluate_frames(t1, s_tp).per_class_ap[0] == 0.25
+    assert evaluate_frames(t1, s_tp).per_class_ap[0] == pytest.approx(0.5)
+    assert evaluate_frames(t1, s_fp).per_class_ap[0] == pytest.approx(0.25)
+    assert evaluate_frames(t1, s_fp, ties="group").per_class_ap[0] == evaluate_frames(
+        t1, s_tp, ties="group").per_class_ap[0] == 0.25
     # two tied detections of the same instance: one TP, one FP whatever the order
     s_dup = frame([("a", H, W, [(0, 0.5, A), (0, 0.5, A)])])
     assert evaluate_frames(t1, s_dup).n_tp[0] == 1
@@ -220,7 +223,7 @@ def test_bad_inputs_raise_input_errors_with_lines():
 
 
 def _decode_rows(df):
-    from hpacli.evaluate.masks import decode_mask
+    from hpacli.io.masks import decode_mask
 
     out = {}
     for _, row in df.iterrows():
@@ -272,7 +275,11 @@ def _reference_map(truth_df, sub_df, thr=0.6):
     return float(np.mean(aps))
 
 
-def _random_case(rng, n_images=6, size=24):
+def _random_case(rng, n_images=6, size=24, levels=None):
+    """Random truth and detections; ``levels``: draw the scores from these values (ties)."""
+    def score():
+        return float(rng.choice(levels)) if levels is not None else float(rng.random())
+
     truth_rows, sub_rows = [], []
     for i in range(n_images):
         cells = []
@@ -285,9 +292,9 @@ def _random_case(rng, n_images=6, size=24):
             shifted = np.roll(m, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
             for c in range(4):
                 if rng.random() < 0.7:
-                    det.append((c, float(rng.random()), shifted if rng.random() < 0.8 else m))
+                    det.append((c, score(), shifted if rng.random() < 0.8 else m))
         if rng.random() < 0.5:
-            det.append((int(rng.integers(0, 4)), float(rng.random()), rect(size, size, 0, 5, 0, 5)))
+            det.append((int(rng.integers(0, 4)), score(), rect(size, size, 0, 5, 0, 5)))
         truth_rows.append((f"img{i}", size, size, gt))
         sub_rows.append((f"img{i}", size, size, det))
     return truth(truth_rows), frame(sub_rows)
@@ -298,12 +305,162 @@ def test_random_cases_match_a_loop_reference():
     for _ in range(12):
         t, s = _random_case(rng)
         expected = _reference_map(t, s)
-        for ties in ("group", "first"):
+        for ties in ("submission", "group"):
             got = evaluate_frames(t, s, ties=ties).mAP
             if math.isnan(expected):
                 assert math.isnan(got)
             else:
                 assert got == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------ ties: the Open Images evaluator
+
+
+def _open_images_ap(truth_df, sub_df, rank, thr=0.6):
+    """The Open Images challenge evaluation written out for one order of the tied detections.
+
+    ``rank[(image_id, triple_index)]`` orders detections that share a score (lower first).
+    The evaluator's unstable argsorts (of the scores, reversed) leave tied detections in
+    *some* order, once when an image's detections are sorted for matching and once when a
+    class's pooled detections are sorted for the precision/recall curve; here both follow
+    ``rank``. Per image: classes absent from its truth and empty masks dropped; each
+    detection compared with the truth instance of highest IoU (the first on ties), a TP if
+    that IoU >= thr and the instance is still free. Per class: cumulative TP and FP down the
+    sorted list, one precision point per detection, precision made non-increasing from the
+    right, AP = sum of recall steps times precision. Returns {class: AP} (NaN without truth).
+    """
+    gts, dets = _decode_rows(truth_df), _decode_rows(sub_df)
+    n_gt = np.zeros(19, dtype=int)
+    for gt in gts.values():
+        for c, _, _ in gt:
+            n_gt[c] += 1
+    pooled = {c: [] for c in range(19)}
+    for image_id, det in dets.items():
+        gt = gts.get(image_id)
+        if gt is None:
+            continue
+        for c in {c for c, _, _ in gt}:
+            inst = [m for cc, _, m in gt if cc == c]
+            mine = [(sc, rank[(image_id, j)], m) for j, (cc, sc, m) in enumerate(det) if cc == c and m.any()]
+            mine.sort(key=lambda e: (-e[0], e[1]))
+            taken = [False] * len(inst)
+            for sc, r, m in mine:
+                ious = np.array([(m & g).sum() / (m | g).sum() for g in inst])
+                j = int(np.argmax(ious))
+                ok = bool(ious[j] >= thr and not taken[j])
+                taken[j] = taken[j] or ok
+                pooled[c].append((sc, r, ok))
+    out = {}
+    for c in range(19):
+        if n_gt[c] == 0:
+            out[c] = float("nan")
+            continue
+        items = sorted(pooled[c], key=lambda e: (-e[0], e[1]))
+        tp = fp = 0
+        precision, recall = [0.0], [0.0]
+        for _, _, ok in items:
+            tp += ok
+            fp += not ok
+            precision.append(tp / (tp + fp))
+            recall.append(tp / n_gt[c])
+        precision.append(0.0)
+        recall.append(1.0)
+        for i in range(len(precision) - 2, -1, -1):
+            precision[i] = max(precision[i], precision[i + 1])
+        out[c] = sum((recall[i] - recall[i - 1]) * precision[i] for i in range(1, len(recall))
+                     if recall[i] != recall[i - 1])
+    return out
+
+
+def _submission_rank(sub_df):
+    """Submission order: images as the file lists them, then triples as written."""
+    return {(row.ID, j): (pos, j) for pos, row in enumerate(sub_df.itertuples())
+            for j in range(len(row.PredictionString.split()) // 3)}
+
+
+def _mean(ap):
+    vals = [v for v in ap.values() if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _n_tied(sub_df):
+    scores = [float(x) for p in sub_df["PredictionString"] for x in p.split()[1::3]]
+    return len(scores) - len(set(scores))
+
+
+def test_tied_scores_get_the_evaluators_score_for_the_submission_order():
+    rng = np.random.default_rng(11)
+    order_mattered = group_differed = 0
+    for _ in range(8):
+        t, s = _random_case(rng, n_images=40, size=16, levels=[0.25, 0.5, 0.75])
+        assert _n_tied(s) > 50  # mostly ties
+        rank = _submission_rank(s)
+        want = _open_images_ap(t, s, rank)
+        got = evaluate_frames(t, s)  # default: submission order
+        for c in range(19):
+            if math.isnan(want[c]):
+                assert math.isnan(got.per_class_ap[c])
+            else:
+                assert got.per_class_ap[c] == pytest.approx(want[c], abs=1e-12), c
+        assert got.mAP == pytest.approx(_mean(want), abs=1e-12)
+        # the order of the ties matters in these cases (so the comparison above means something)
+        backwards = {k: (-v[0], -v[1]) for k, v in rank.items()}
+        order_mattered += abs(_mean(_open_images_ap(t, s, backwards)) - got.mAP) > 1e-9
+        group_differed += abs(evaluate_frames(t, s, ties="group").mAP - got.mAP) > 1e-9
+    assert order_mattered >= 4 and group_differed >= 4
+
+
+def test_the_file_order_decides_the_ties():
+    rng = np.random.default_rng(12)
+    t, s = _random_case(rng, n_images=30, size=16, levels=[0.4, 0.6])
+    # another file with the same detections: rows shuffled, triples shuffled within each row
+    rows = []
+    for row in s.sample(frac=1.0, random_state=3).itertuples():
+        tok = row.PredictionString.split()
+        triples = [tok[i : i + 3] for i in range(0, len(tok), 3)]
+        perm = rng.permutation(len(triples))
+        rows.append((row.ID, row.ImageWidth, row.ImageHeight, " ".join(" ".join(triples[i]) for i in perm)))
+    s2 = pd.DataFrame(rows, columns=list(HEADER))
+    for sub in (s, s2):
+        assert evaluate_frames(t, sub).mAP == pytest.approx(_mean(_open_images_ap(t, sub, _submission_rank(sub))),
+                                                           abs=1e-12)
+    # group ignores the order
+    assert evaluate_frames(t, s, ties="group").mAP == pytest.approx(evaluate_frames(t, s2, ties="group").mAP,
+                                                                    abs=1e-12)
+
+
+def test_the_default_is_a_score_the_evaluator_gives_for_some_order():
+    import itertools
+
+    # two images, five tied detections of class 0 (three hit a truth cell, two do not)
+    t = truth([("a", H, W, [(0, A), (0, B)]), ("b", H, W, [(0, A), (0, C)])])
+    s = frame([("a", H, W, [(0, 0.5, C), (0, 0.5, A), (0, 0.5, B)]), ("b", H, W, [(0, 0.5, B), (0, 0.5, A)])])
+    keys = list(_submission_rank(s))
+    reachable = set()
+    for perm in itertools.permutations(range(len(keys))):
+        reachable.add(round(_open_images_ap(t, s, dict(zip(keys, perm)))[0], 12))
+    assert len(reachable) > 1  # the evaluator's score depends on the order of these ties
+    assert round(evaluate_frames(t, s).per_class_ap[0], 12) in reachable
+    # group: the evaluator's score for the order with the tied false positives first (its lowest)
+    assert round(evaluate_frames(t, s, ties="group").per_class_ap[0], 12) == min(reachable)
+
+
+def test_cli_evaluate_scores_ties_in_submission_order(tmp_path, cli):
+    import json
+
+    rng = np.random.default_rng(13)
+    t, s = _random_case(rng, n_images=25, size=16, levels=[0.3, 0.7])
+    t.to_csv(tmp_path / "truth.csv", index=False)
+    s.to_csv(tmp_path / "sub.csv", index=False)
+    want = _mean(_open_images_ap(t, s, _submission_rank(s)))
+    res = cli(["evaluate", "--truth", tmp_path / "truth.csv", "--submission", tmp_path / "sub.csv", "--json",
+               tmp_path / "out.json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out.json").read_text())["mAP"] == pytest.approx(want, abs=1e-12)
+    res = cli(["evaluate", "--truth", tmp_path / "truth.csv", "--submission", tmp_path / "sub.csv", "--ties",
+               "group", "--json", tmp_path / "group.json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "group.json").read_text())["mAP"] != pytest.approx(want, abs=1e-9)
 
 
 def _random_labels(rng, size, n):

@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hpacli.errors import InputError  # noqa: E402
 from hpacli.models.bestfitting import REMAP_28_TO_19, read_bestfitting  # noqa: E402
+from hpacli.models.checkpoint import init_from, load_model, save_checkpoint  # noqa: E402
 from hpacli.registry import create_backbone  # noqa: E402
-from hpacli.train.checkpoint import init_from, load_model, save_checkpoint  # noqa: E402
 
 MANIFEST = Path("/work/shared/reference/bestfitting-densenet121-checkpoint.json")
 HERE_MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/bestfitting-densenet121-checkpoint.json"
@@ -160,5 +160,5 @@ def test_three_channel_stem_gets_a_fourth(tmp_path):
 def test_garbage_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="bad.pt is a text file"):
         init_from(create_backbone("resnet10t"), bad)

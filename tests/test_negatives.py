@@ -9,6 +9,7 @@ from PIL import Image
 
 from hpacli.classes import CHANNELS
 from hpacli.data.ingest import kaggle_candidates, run_ingest
+from hpacli.errors import EXIT_USAGE
 from hpacli.prep import negatives as mod
 from hpacli.prep.negatives import cell_scores, run_negatives
 from hpacli.store import open_store
@@ -201,4 +202,4 @@ def test_cli_negatives_then_fold_obvious(tmp_path):
     assert "obvious negatives" in res.output and "1 of 4 Negative images flagged" in res.output
     assert "image folds 'default'" in res.output and "cell folds 'default'" in res.output
     res = CliRunner().invoke(build_app(), ["negatives", "--store", str(tmp_path / "nope.zarr")])
-    assert res.exit_code == 2 and "no store" in res.output
+    assert res.exit_code == EXIT_USAGE and "no store" in res.output

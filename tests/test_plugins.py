@@ -67,7 +67,7 @@ def test_broken_entry_point_does_not_break_help(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin-pkg\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[hpa]\nbroken = broken_plugin_pkg\n")
-    env = {"PYTHONPATH": str(dist), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(dist), "PATH": "/usr/bin:/bin", "HPA_CACHE_DIR": ""}
     res = subprocess.run([sys.executable, "-m", "hpacli.cli.app", "--help"], env=env, capture_output=True, text=True)
     assert res.returncode == 0
     assert "broken" in res.stderr and "no such thing" in res.stderr
@@ -115,3 +115,63 @@ def test_allow_list_env(monkeypatch):
     fresh = pm._Manager()
     fresh.load()
     assert "example" in fresh.info
+
+
+def test_builtin_loss_names_match_the_losses_module():
+    """builtin/losses.py lists the names without importing torch; they must be the real ones."""
+    from hpacli.builtin.losses import LOSSES
+    from hpacli.registry import list_losses
+    from hpacli.train.losses import BASE_LOSSES, loss_names
+
+    assert {k: v[1] for k, v in BASE_LOSSES.items()} == LOSSES
+    builtin = [n for n in list_losses() if n in set(loss_names())]
+    assert sorted(builtin) == sorted(loss_names())
+
+
+class FamilyPlugin:
+    calls = 0
+
+    @staticmethod
+    def _names():
+        FamilyPlugin.calls += 1
+        return ["fam-a", "fam-b", "fake-net"]
+
+    @hookimpl
+    def register_backbones(self, register):
+        register.family(self._names, lambda name, **kw: f"built {name} {kw}", description="a lazy family")
+
+
+def test_family_names_are_resolved_only_when_needed(register_plugin):
+    FamilyPlugin.calls = 0
+    register_plugin(FakePlugin(), "fake")
+    register_plugin(FamilyPlugin(), "family")
+    assert create_backbone("fake-net") == "built"  # registered one by one: the family is not asked
+    assert BACKBONES.summary()["family"] == {"names": [], "families": ["a lazy family"]}
+    assert FamilyPlugin.calls == 0
+    assert create_backbone("fam-b", num_classes=3) == "built fam-b {'num_classes': 3}"
+    assert FamilyPlugin.calls == 1 and BACKBONES.get("fam-a").plugin == "family"
+    assert list_backbones("fam-*") == ["fam-a", "fam-b"]
+    assert FamilyPlugin.calls == 1  # resolved once
+    with pytest.raises(UnknownNameError, match="Did you mean: fam-b, fam-a"):
+        create_backbone("fam-c")
+
+
+def test_plugins_json_and_tables_on_stdout(cli):
+    import json
+
+    res = cli(["plugins", "--json"])
+    assert res.exit_code == 0 and res.stderr == ""
+    data = json.loads(res.stdout)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    ex = by_name["example"]
+    assert ex["package"] == "hpa-plugin-example" and ex["version"] == md.version("hpa-plugin-example")
+    assert ex["registers"]["backbones"] == ["example-tiny-cnn"] and not ex["builtin"]
+    assert "doctor" in by_name["hpacli.builtin.commands"]["registers"]["commands"]
+    res = cli(["plugins"])
+    assert res.exit_code == 0 and "hpa-plugin-example" in res.stdout and "timm:" in res.stdout
+    res = cli(["plugins", "--list", "denoisers", "--json"])
+    assert {"name": "example-knn-mean", "plugin": "example"} == {
+        k: v for k, v in next(e for e in json.loads(res.stdout) if e["name"] == "example-knn-mean").items()
+        if k != "description"}
+    res = cli(["plugins", "--list", "widgets"])
+    assert res.exit_code == 2 and "backbones, segmenters, denoisers, losses" in res.output

@@ -10,8 +10,8 @@ import torch
 
 from hpacli.classes import CLASS_NAMES, N_CLASSES, NEGATIVE
 from hpacli.data import crops as C
-from hpacli.errors import HpaError, StoreError
-from hpacli.predict import tta as T
+from hpacli.data import views as T
+from hpacli.errors import EXIT_USAGE, HpaError, StoreError
 from hpacli.predict.export import TABLE_COLUMNS, export_table, prediction_frame, write_overlays
 from hpacli.predict.stage import apply_negative, ingest_folder, run_predict
 from hpacli.store import Shard
@@ -31,8 +31,8 @@ def cell_extra(size=CROP, work_size=None, fit="resize"):
 
 
 def save_model(path, extra, seed):
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet").eval()
@@ -56,7 +56,7 @@ def _predict(store, models, **kw):
 
 def _reference(store, model_paths, image_path, row, views, blend):
     """One cell by hand: its masked crop, each model and view on its own."""
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     cells = CellTable(store)
     img = int(cells.column("image")[row])
@@ -115,8 +115,8 @@ def test_ensemble_views_and_blend_match_a_hand_computation(setup):
 
 
 def test_crop_geometry_comes_from_the_checkpoint(setup):
+    from hpacli.models.checkpoint import load_model
     from hpacli.predict.stage import load_cell_model
-    from hpacli.train.checkpoint import load_model
 
     store, _, _, image, tmp = setup
     path = save_model(tmp / "pad.pt", cell_extra(CROP, 48, "pad"), 11)
@@ -169,7 +169,7 @@ def test_views_invert(lib):
     x = rng.integers(0, 255, (2, 4, 32, 32)).astype(np.uint8)
     x = torch.from_numpy(x) if lib == "torch" else x
     as_np = (lambda a: a.numpy()) if lib == "torch" else np.asarray
-    for name in C.VIEWS:
+    for name in T.VIEWS:
         y = T.apply_view(x, name)
         assert np.array_equal(as_np(T.invert_view(y, name)), as_np(x)), name
         if name != "id":
@@ -312,6 +312,43 @@ def test_cli_from_a_folder_of_images_to_a_checked_submission(tmp_path, cli):
     res = cli(["evaluate", "--truth", data / "test_truth.csv", "--submission", sub])
     assert res.exit_code == 0, res.output
     res = cli(["predict", "--store", store, "--device", "cpu"])
-    assert res.exit_code == 2 and "no models given" in res.output
+    assert res.exit_code == EXIT_USAGE and "no models given" in res.output
     res = cli(["predict", "--store", store, "--models", model, "--negative", "min", "--device", "cpu"])
-    assert res.exit_code == 2 and "--negative" in res.output
+    assert res.exit_code == EXIT_USAGE and "--negative" in res.output
+
+
+def test_cli_models_with_commas_and_export_checked_before_predicting(setup, cli, monkeypatch):
+    store, _, models, _, tmp = setup
+    f0, f1 = (str(tmp / "runs" / f"fold{f}" / "best.pt") for f in range(2))
+    base = ["predict", "--store", store.path, "--tta", "id", "--device", "cpu", "--workers", "0", "--quiet"]
+    # an unknown export format, or Parquet without pyarrow: refused before any prediction
+    res = cli([*base, "--models", f"{f0},{f1}", "--export", tmp / "cells.json"])
+    assert res.exit_code == EXIT_USAGE and "unknown export format .json" in res.output
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import pyarrow -> ImportError
+    res = cli([*base, "--models", f"{f0},{f1}", "--export", tmp / "cells.parquet"])
+    assert res.exit_code == EXIT_USAGE and "pipx inject hpacli pyarrow" in res.output
+    assert P.list_names(store) == [] and not (tmp / "cells.parquet").exists()
+    monkeypatch.undo()
+    # 'a,b' is both models: the same probabilities as the glob
+    res = cli([*base, "--models", f"{f0},{f1}", "--name", "commas", "--export", tmp / "cells.csv"])
+    assert res.exit_code == 0, res.output
+    _predict(store, models, name="glob", tta=("id",))
+    _predict(store, f0, name="one", tta=("id",))
+    commas, glob, one = (P.read_probs(store, n) for n in ("commas", "glob", "one"))
+    np.testing.assert_allclose(commas, glob, atol=1e-6)  # batches differ (float rounding only)
+    assert np.nanmax(np.abs(commas - one)) > 1e-3  # and it is not just the first model
+    assert len(pd.read_csv(tmp / "cells.csv")) == int(P.predicted_mask(store, "commas").sum())
+
+
+def test_parquet_export(setup):
+    pytest.importorskip("pyarrow", reason="the parquet extra (hpacli[parquet]); .ci/run installs it")
+    store, _, models, _, tmp = setup
+    _predict(store, models, tta=("id",))
+    n = export_table(store, tmp / "cells.parquet")
+    export_table(store, tmp / "cells.csv")
+    pq = pd.read_parquet(tmp / "cells.parquet")
+    csv = pd.read_csv(tmp / "cells.csv")
+    assert list(pq.columns) == list(TABLE_COLUMNS) and len(pq) == n == len(csv) > 0
+    assert (pq["image"] == csv["image"]).all() and (pq["top_class"] == csv["top_class"]).all()
+    np.testing.assert_allclose(pq[list(CLASS_NAMES)].to_numpy(), csv[list(CLASS_NAMES)].to_numpy(), rtol=1e-5)
+    assert pq[CLASS_NAMES[0]].dtype == np.float32  # Parquet keeps the stored float32, CSV rounds to 6 digits

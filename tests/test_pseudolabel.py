@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hpacli.data import crops as C
-from hpacli.errors import HpaError
+from hpacli.errors import EXIT_USAGE, HpaError
 from hpacli.label.pseudolabel import run_pseudolabel
 from hpacli.store import Shard
 from hpacli.store import pseudolabels as PL
@@ -27,14 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def save_fold_model(path: Path, fold: int, seed: int, train_images=None) -> Path:
     """A tiny timm model saved as `hpa train-image` saves it (fold and size in train_config.extra)."""
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet").eval()
-    extra = {"fold": fold, "img_size": IMG}
-    if train_images is not None:
-        extra["train_images"] = list(train_images)
+    # random weights trained on nothing, unless the test says otherwise (the guard needs a record)
+    extra = {"fold": fold, "img_size": IMG, "trained_on": {"images": [str(i) for i in (train_images or [])]}}
     save_checkpoint(path, {"model_config": model.config, "model": model.state_dict(), "train_config": {"extra": extra}})
     return path
 
@@ -58,7 +57,8 @@ def _arrays(store, run):
 
 def _reference(store, labels, models_glob, rows):
     """Predictions computed by hand, one cell at a time, each view on its own."""
-    from hpacli.label.pseudolabel import expand_model_paths, load_fold_models
+    from hpacli.infer.models import expand_model_paths
+    from hpacli.label.pseudolabel import load_fold_models
     from hpacli.store.cells import CellTable
     from hpacli.store.folds import read_image_folds
 
@@ -124,8 +124,17 @@ def test_a_model_that_trained_on_an_image_is_refused(setup):
     folds = read_image_folds(store)
     # fold 0's model claims to have trained on one of fold 0's own (validation) images
     save_fold_model(tmp / "bad" / "fold0.pt", 0, seed=1, train_images=[str(ids[np.flatnonzero(folds == 0)[0]])])
-    with pytest.raises(HpaError, match="trained on 1 image"):
+    with pytest.raises(HpaError, match="leak: .*fold0.pt trained on 1 of the images it would label"):
         run_pseudolabel(store, [str(tmp / "bad" / "fold0.pt")], run="bad", device="cpu", workers=0)
+    # a checkpoint that does not say what it trained on cannot be checked: refused
+    from hpacli.models.checkpoint import save_checkpoint
+    from hpacli.models.timm_wrap import TimmClassifier
+
+    m = TimmClassifier("test_resnet")
+    save_checkpoint(tmp / "silent.pt", {"model_config": m.config, "model": m.state_dict(),
+                                        "train_config": {"extra": {"fold": 0, "img_size": IMG}}})
+    with pytest.raises(HpaError, match="does not record which images it trained on"):
+        run_pseudolabel(store, [str(tmp / "silent.pt")], run="bad", device="cpu", workers=0)
     save_fold_model(tmp / "twice.pt", 0, seed=2)
     with pytest.raises(HpaError, match="two models for fold 0"):
         run_pseudolabel(store, [str(tmp / "bad" / "fold0.pt"), str(tmp / "twice.pt")], device="cpu", workers=0)
@@ -231,9 +240,9 @@ def test_cli_and_info_coverage(setup, cli):
     assert {r["fold"] for r in rows} == {"0", "1", "2", "unused"}
     assert all(r["labelled"] == (0 if r["fold"] == "unused" else r["cells"]) for r in rows)
     res = cli(["pseudolabel", "--store", store.path, "--models", "nope*.pt", "--quiet"])
-    assert res.exit_code == 2 and "no model checkpoint" in res.output
+    assert res.exit_code == EXIT_USAGE and "no model checkpoint" in res.output
     res = cli(["pseudolabel", "--store", store.path, "--models", models, "--views", "id,spin", "--quiet"])
-    assert res.exit_code == 2 and "unknown view" in res.output
+    assert res.exit_code == EXIT_USAGE and "unknown view" in res.output
 
 
 def test_unreadable_image_is_reported_and_skipped(setup):
@@ -252,3 +261,21 @@ def test_unreadable_image_is_reported_and_skipped(setup):
     assert not lab[img == bad].any()
     assert lab[(img != bad) & (folds[img] >= 0)].all()
     assert np.isnan(PL.read_probs(store, "b")[img == bad]).all()
+
+
+def test_models_separated_by_commas_and_repeated(setup, cli):
+    """--models 'a,b' --models c is the same as the glob of a, b and c (the help says so)."""
+    from hpacli.infer.models import split_model_args
+
+    store, _, models, tmp = setup
+    run_pseudolabel(store, models, run="glob", batch_size=4, device="cpu", workers=0)
+    f0, f1, f2 = (str(tmp / "runs" / f"fold{f}" / "best.pt") for f in range(3))
+    res = cli(["pseudolabel", "--store", store.path, "--models", f"{f0},{f1}", "--models", f2, "--run", "commas",
+               "--workers", "0", "--device", "cpu", "--batch-size", "4", "--quiet"])
+    assert res.exit_code == 0, res.output
+    for a, b in zip(_arrays(store, "glob"), _arrays(store, "commas")):
+        np.testing.assert_array_equal(a, b)
+    # a file whose name holds a comma is still one path
+    odd = tmp / "runs" / "a,b.pt"
+    odd.write_bytes(b"")
+    assert split_model_args([str(odd), f"{f0}, {f1}"]) == [str(odd), f0, f1]

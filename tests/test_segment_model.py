@@ -151,7 +151,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         load_dpn_unet(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="junk.pth is a text file"):
         load_dpn_unet(junk)
     small = tmp_path / "small.pth"
     torch.save({"final.0.weight": torch.zeros(3, 64, 3, 3)}, small)

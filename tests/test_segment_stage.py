@@ -15,6 +15,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from hpacli.data.ingest import kaggle_candidates, run_ingest
+from hpacli.errors import EXIT_USAGE
 from hpacli.segment.stage import run_segment
 from hpacli.store import Shard, open_store
 from hpacli.store import segmentation as sl
@@ -164,7 +165,7 @@ def test_cli_segment(dataset, tmp_path, monkeypatch):
     monkeypatch.delenv("HPA_CELL_MODEL", raising=False)
     runner = CliRunner()
     res = runner.invoke(build_app(), ["segment", "--store", str(path), "--segmenter", "hpa-unet", "-q"])
-    assert res.exit_code == 2 and "--nuclei-model" in res.output
+    assert res.exit_code == EXIT_USAGE and "--nuclei-model" in res.output
     res = runner.invoke(build_app(), ["segment", "--store", str(path), "-q", "--preview", "1",
                                       "--preview-dir", str(tmp_path / "pv")])
     assert res.exit_code == 0, res.output

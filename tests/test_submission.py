@@ -9,8 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from hpacli.errors import InputError
-from hpacli.evaluate.masks import decode_mask, encode_mask
+from hpacli.errors import EXIT_USAGE, InputError
 from hpacli.evaluate.submission import (
     HEADER,
     check_submission,
@@ -19,8 +18,9 @@ from hpacli.evaluate.submission import (
     read_parsed,
     submission_row,
     truth_row,
-    write_submission,
+    write_rows,
 )
+from hpacli.io.masks import decode_mask, encode_mask
 
 
 def _labels():
@@ -44,8 +44,8 @@ def files(tmp_path):
     lab = _labels()
     truth = tmp_path / "truth.csv"
     sub = tmp_path / "sub.csv"
-    write_submission(truth, [truth_row("img0", lab, CELLS), truth_row("img1", lab, {9: [5, 16]})])
-    write_submission(sub, [submission_row("img0", lab, _probs(rng, lab)), submission_row("img1", lab, _probs(rng, lab))])
+    write_rows(truth, [truth_row("img0", lab, CELLS), truth_row("img1", lab, {9: [5, 16]})])
+    write_rows(sub, [submission_row("img0", lab, _probs(rng, lab)), submission_row("img1", lab, _probs(rng, lab))])
     return truth, sub
 
 
@@ -194,18 +194,18 @@ def test_cli_evaluate_prints_table_and_json(cli, files, tmp_path):
     assert json.loads(res.stdout)["mAP"] == 1.0
 
 
-def test_cli_evaluate_bad_files_exit_2_without_traceback(cli, files, tmp_path):
+def test_cli_evaluate_bad_files_are_one_line_without_traceback(cli, files, tmp_path):
     truth, sub = files
     bad = _write(tmp_path / "bad.csv", [",".join(HEADER), "img0,32,24,0 0.5 notamask"])
     res = cli(["evaluate", "--truth", truth, "--submission", bad])
-    assert res.exit_code == 2
+    assert res.exit_code == EXIT_USAGE
     assert "line 2, ID img0: triple 1: undecodable mask" in res.output and "Traceback" not in res.output
     res = cli(["evaluate", "--truth", _write(tmp_path / "h.csv", ["a,b"]), "--submission", sub])
-    assert res.exit_code == 2 and "header must be" in res.output
+    assert res.exit_code == EXIT_USAGE and "header must be" in res.output
     res = cli(["evaluate", "--truth", tmp_path / "nope.csv", "--submission", sub])
-    assert res.exit_code == 2 and "no such file" in res.output
+    assert res.exit_code == EXIT_USAGE and "no such file" in res.output
     res = cli(["evaluate", "--truth", truth, "--submission", sub, "--iou", "segm"])
-    assert res.exit_code == 2 and "--iou" in res.output
+    assert res.exit_code == EXIT_USAGE and "--iou" in res.output
 
 
 def test_cli_submit_check(cli, files, tmp_path):
@@ -219,6 +219,6 @@ def test_cli_submit_check(cli, files, tmp_path):
     res = cli(["submit", "--check", bad])
     assert res.exit_code == 1 and "not a multiple of 3" in res.output and "repeated" in res.output
     res = cli(["submit"])
-    assert res.exit_code == 2 and "--check" in res.output
+    assert res.exit_code == EXIT_USAGE and "--check" in res.output
     res = cli(["submit", "--check", tmp_path / "nope.csv"])
-    assert res.exit_code == 2 and "no such file" in res.output
+    assert res.exit_code == EXIT_USAGE and "no such file" in res.output

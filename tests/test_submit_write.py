@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from hpacli.classes import N_CLASSES
-from hpacli.errors import HpaError, InputError
-from hpacli.evaluate.masks import decode_mask
+from hpacli.errors import EXIT_USAGE, HpaError, InputError
 from hpacli.evaluate.metric import evaluate_files
 from hpacli.evaluate.submission import check_submission
 from hpacli.evaluate.write import parse_classes, write_submission
+from hpacli.io.masks import decode_mask
 from hpacli.store import segmentation as seg
 from tests.predict_store import make_truth_store, perfect_probs, put_predictions
 
@@ -127,13 +127,13 @@ def test_missing_or_stale_predictions_are_refused_and_nothing_is_written(truth_s
 
 def test_cli_without_action_is_a_clear_error(cli):
     res = cli(["submit"])
-    assert res.exit_code == 2 and "nothing to do" in res.output
+    assert res.exit_code == EXIT_USAGE and "nothing to do" in res.output
 
 
 def test_run_encoder_is_byte_identical_and_rows_match_submission_row():
-    from hpacli.evaluate.masks import encode_label_image
     from hpacli.evaluate.submission import submission_row
     from hpacli.evaluate.write import encode_label_runs, image_row
+    from hpacli.io.masks import encode_label_image
 
     rng = np.random.default_rng(3)
     for h, w in ((7, 5), (40, 33), (64, 64)):

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from hpacli.classes import MITOTIC_SPINDLE, N_CLASSES, parse_labels
 from hpacli.cli.app import build_app
 from hpacli.data.synth import SynthConfig, run_synth
-from hpacli.errors import InputError
-from hpacli.evaluate.masks import decode_mask
+from hpacli.errors import EXIT_USAGE, InputError
+from hpacli.io.masks import decode_mask
 from hpacli.store import open_store
 from hpacli.store.truth import read_truth, truth_label_images, write_truth
 
@@ -208,14 +208,14 @@ def test_16bit_through_ingest(tmp_path):
 
 def test_cli_refuses_bad_options_and_existing_output(small, tmp_path):
     res = _invoke("synth", tmp_path / "a", "--size", 32)
-    assert res.exit_code == 2 and "--size must be between 64 and 2048" in res.output
+    assert res.exit_code == EXIT_USAGE and "--size must be between 64 and 2048" in res.output
     res = _invoke("synth", tmp_path / "b", "--bits", 12)
-    assert res.exit_code == 2 and "--bits must be 8 or 16" in res.output
+    assert res.exit_code == EXIT_USAGE and "--bits must be 8 or 16" in res.output
     out = tmp_path / "c"
     assert _invoke("synth", out, "-n", 2, "--size", 64, "--quiet").exit_code == 0
     (out / "mine.txt").write_text("keep")
     res = _invoke("synth", out, "-n", 2, "--size", 64, "--quiet")
-    assert res.exit_code == 2 and "--force" in res.output
+    assert res.exit_code == EXIT_USAGE and "--force" in res.output
     res = _invoke("synth", out, "-n", 3, "--size", 64, "--force", "--quiet")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(out / "train.csv")) == 3 and (out / "mine.txt").read_text() == "keep"

@@ -11,9 +11,14 @@ import torch
 
 from hpacli.classes import N_CLASSES
 from hpacli.data import crops as C
-from hpacli.errors import HpaError, StoreError
+from hpacli.data import views as V
+from hpacli.errors import EXIT_USAGE, HpaError, StoreError
+from hpacli.models import checkpoint as MC
 from hpacli.store import pseudolabels as PL
 from hpacli.train import cell as TC
+from hpacli.train import cell_data as TD
+from hpacli.train import cell_targets as TT
+from hpacli.train import metrics as TM
 from tests.test_crops import make_cell_store
 
 PL_BLOCK = 8
@@ -63,7 +68,7 @@ def cell_truth(store, labels: dict, seed: int = 0) -> dict:
     """Cell-level truth = the segmentation's cells, one or two classes each; stored in the store."""
     import pandas as pd
 
-    from hpacli.evaluate.masks import encode_mask
+    from hpacli.io.masks import encode_mask
     from hpacli.store.truth import write_truth
 
     rng = np.random.default_rng(seed)
@@ -106,7 +111,7 @@ def test_combine_targets_sets_selected_classes_only():
     base[4] = np.nan  # not labelled
     has = np.array([1, 1, 1, 1, 0, 1], bool)
     has[5] = False  # labelled flag off although the row is finite
-    out = TC.combine_targets(base, has, [1, 3, 4], 11)
+    out = TT.combine_targets(base, has, [1, 3, 4], 11)
     assert out.n_selected == 2 and out.n_selected_skipped == 1
     assert out.y[1, 11] == 1.0 and out.y[3, 11] == 1.0
     assert np.isnan(out.y[4]).all() and np.isnan(out.y[5]).all()  # no target: stays out
@@ -116,55 +121,55 @@ def test_combine_targets_sets_selected_classes_only():
     untouched[[4, 5]] = False
     assert np.all(out.y[untouched] == 0.25)
     # 20 columns (Y_opt with the "nothing" column): the first 19 are taken
-    wide = TC.combine_targets(np.full((2, 20), 0.5, np.float32), np.ones(2, bool))
+    wide = TT.combine_targets(np.full((2, 20), 0.5, np.float32), np.ones(2, bool))
     assert wide.y.shape == (2, N_CLASSES)
     with pytest.raises(StoreError, match="classes outside"):
-        TC.combine_targets(base, has, [1], 19)
+        TT.combine_targets(base, has, [1], 19)
     with pytest.raises(StoreError, match="rows outside"):
-        TC.combine_targets(base, has, [6], 11)
+        TT.combine_targets(base, has, [6], 11)
     with pytest.raises(StoreError, match="probabilities"):
-        TC.combine_targets(base * 8, has)
+        TT.combine_targets(base * 8, has)
 
 
 def test_targets_from_store_pseudolabels_and_selection(setup):
     store, _, probs, labelled, image_fold, _ = setup
-    tg = TC.assemble_targets(store, RUN)
+    tg = TT.assemble_targets(store, RUN)
     assert np.array_equal(tg.has, labelled)
     np.testing.assert_array_equal(tg.y[labelled], probs[labelled])
     sel_rows = [int(np.flatnonzero(labelled)[0]), int(np.flatnonzero(labelled)[3]), int(np.flatnonzero(~labelled)[0])]
     write_selection(store, "mitotic", sel_rows, 11)
-    tg = TC.assemble_targets(store, RUN, selection="mitotic")
+    tg = TT.assemble_targets(store, RUN, selection="mitotic")
     assert tg.n_selected == 2 and tg.n_selected_skipped == 1
     expect = probs.copy()
     expect[sel_rows[:2], 11] = 1.0
     np.testing.assert_array_equal(tg.y[labelled], expect[labelled])
     # train / validation cells follow their image's fold; unlabelled cells are in neither
-    train, val = TC.cell_fold_rows(store, 0, tg.has)
+    train, val = TT.cell_fold_rows(store, 0, tg.has)
     assert set(image_fold[train]) == {1, 2} and set(image_fold[val]) == {0}
     assert len(train) + len(val) == labelled.sum()
     with pytest.raises(HpaError, match="out of range"):
-        TC.cell_fold_rows(store, 3, tg.has)
+        TT.cell_fold_rows(store, 3, tg.has)
     with pytest.raises(StoreError, match="no pseudo-labels 'nope'"):
-        TC.assemble_targets(store, "nope")
+        TT.assemble_targets(store, "nope")
     with pytest.raises(StoreError, match="no selection"):
-        TC.assemble_targets(store, RUN, selection="other")
+        TT.assemble_targets(store, RUN, selection="other")
     write_selection(store, "mitotic", sel_rows, 11, accepted=False)
     with pytest.raises(HpaError, match="not accepted"):
-        TC.assemble_targets(store, RUN, selection="mitotic")
+        TT.assemble_targets(store, RUN, selection="mitotic")
 
 
 def test_denoised_targets_are_y_opt(setup):
     store, _, probs, labelled, _, _ = setup
     with pytest.raises(StoreError, match="hpa denoise"):
-        TC.assemble_targets(store, RUN, targets="denoised")
+        TT.assemble_targets(store, RUN, targets="denoised")
     rows = np.flatnonzero(labelled)[:-2]  # two labelled cells were not de-noised
     y_opt = np.clip(probs * 0.5 + 0.1, 0, 1)
     write_denoised(store, RUN, y_opt, rows)
-    tg = TC.assemble_targets(store, RUN, targets="denoised")
+    tg = TT.assemble_targets(store, RUN, targets="denoised")
     assert np.array_equal(np.flatnonzero(tg.has), rows)
     np.testing.assert_allclose(tg.y[rows], y_opt[rows])
     with pytest.raises(HpaError, match="soft, denoised"):
-        TC.assemble_targets(store, RUN, targets="hard")
+        TT.assemble_targets(store, RUN, targets="hard")
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -174,7 +179,7 @@ def test_dataset_item_is_the_masked_tiled_padded_crop(setup):
 
     cells = CellTable(store)
     rows = np.flatnonzero(labelled)
-    ds = TC.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=False)
+    ds = TD.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=False)
     bbox, cid, image = cells.column("bbox"), cells.column("cell_id"), cells.column("image")
     checked_alien = False
     for k in range(len(rows)):
@@ -203,14 +208,14 @@ def test_dataset_item_is_the_masked_tiled_padded_crop(setup):
         checked_alien |= bool(alien.any())
     assert checked_alien  # the hand-made cells' boxes overlap their neighbours
     # training items: one of the 8 flips of the plain item, chosen by the item's seed alone
-    aug = TC.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=True)
+    aug = TD.CellCropDataset(store.path, rows, probs[rows], 64, fit="pad", augment=True)
     plain = ds[(2, None)][0]
-    flips = {C.dihedral(plain, d).numpy().tobytes() for d in range(8)}
+    flips = {V.dihedral(plain, d).numpy().tobytes() for d in range(8)}
     got = {aug[(2, s)][0].numpy().tobytes() for s in range(40)}
     assert got <= flips and len(got) > 2
     assert torch.equal(aug[(2, 7)][0], aug[(2, 7)][0])
     # resize mode: 32 px output, bounded image LRU
-    small = TC.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1)
+    small = TD.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1)
     assert small[(0, None)][0].shape == (4, 32, 32)
     for k in range(len(rows)):
         small[(k, None)]
@@ -219,7 +224,7 @@ def test_dataset_item_is_the_masked_tiled_padded_crop(setup):
 
 def test_windowed_order_keeps_windows_of_images():
     images = np.repeat(np.arange(10), [3, 1, 4, 2, 5, 3, 2, 1, 4, 2])
-    order = TC.windowed_order(images, 3, np.random.default_rng(0))
+    order = TD.windowed_order(images, 3, np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(len(images)))
     seen = images[order]
     # consecutive windows hold 3 images each (the last fewer)
@@ -238,9 +243,9 @@ def test_windowed_order_keeps_windows_of_images():
 # ----------------------------------------------------------------------------- metrics
 def test_bin_accuracy_counts_predictions_in_the_labels_bin():
     t = np.array([[0.0, 0.5, 1.0, 0.32]])
-    assert TC.bin_accuracy(np.array([[0.049, 0.52, 0.96, 0.34]]), t) == 1.0
-    assert TC.bin_accuracy(np.array([[0.05, 0.49, 0.94, 0.31]]), t) == 0.25  # neighbouring bins miss
-    assert TC.bin_accuracy(np.array([[0.0, 0.5, 1.0, 0.30]]), t) == 1.0
+    assert TM.bin_accuracy(np.array([[0.049, 0.52, 0.96, 0.34]]), t) == 1.0
+    assert TM.bin_accuracy(np.array([[0.05, 0.49, 0.94, 0.31]]), t) == 0.25  # neighbouring bins miss
+    assert TM.bin_accuracy(np.array([[0.0, 0.5, 1.0, 0.30]]), t) == 1.0
 
 
 def test_cell_map_uses_the_evaluate_code(setup):
@@ -249,9 +254,9 @@ def test_cell_map_uses_the_evaluate_code(setup):
     from hpacli.store.cells import CellTable
 
     cells = CellTable(store)
-    tg = TC.assemble_targets(store, RUN)
-    _, val = TC.cell_fold_rows(store, 0, tg.has)
-    scorer = TC.CellMapScorer(store, val)
+    tg = TT.assemble_targets(store, RUN)
+    _, val = TT.cell_fold_rows(store, 0, tg.has)
+    scorer = TM.CellMapScorer(store, val)
     assert scorer.available
     image, cid = cells.column("image"), cells.column("cell_id")
     perfect = np.zeros((len(val), N_CLASSES), np.float32)
@@ -261,14 +266,14 @@ def test_cell_map_uses_the_evaluate_code(setup):
     wrong = 0.9 - perfect  # every true class scored below every false one
     assert scorer(wrong) < 0.9
     # no truth: no cell_map
-    metrics = TC.cell_metrics("soft-focal", None)(np.zeros((3, N_CLASSES), np.float32), np.full((3, N_CLASSES), 0.5, np.float32))
+    metrics = TM.cell_metrics("soft-focal", None)(np.zeros((3, N_CLASSES), np.float32), np.full((3, N_CLASSES), 0.5, np.float32))
     assert set(metrics) == {"val_loss", "bin_acc", "map"} and metrics["bin_acc"] == 1.0
 
 
 # ----------------------------------------------------------------------------- training
 def save_image_model(path, seed: int = 0):
+    from hpacli.models.checkpoint import save_checkpoint
     from hpacli.models.timm_wrap import TimmClassifier
-    from hpacli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = TimmClassifier("test_resnet")
@@ -335,11 +340,11 @@ def test_cli_train_cell_smoke(setup, cli):
     assert [r["epoch"] for r in rows] == ["0", "1"]
     # the store holds cell truth, but the default run never reads it: no cell_map, best.pt by bin_acc
     assert all(r["bin_acc"] and r["val_loss"] for r in rows) and "cell_map" not in rows[0]
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     model, config = load_model(out / "best.pt")
     assert config["backbone"] == "test_resnet"
-    assert TC.read_cell_input(out / "best.pt") == TC.cell_input_config(32, None, "resize")
+    assert MC.read_cell_input(out / "best.pt") == TC.cell_input_config(32, None, "resize")
     ck = torch.load(out / "last.pt", weights_only=True)
     extra = ck["train_config"]["extra"]
     assert extra["selection"] == "mitotic" and extra["n_selected"] == 1 and extra["stage"] == "train-cell"
@@ -352,21 +357,21 @@ def test_cli_train_cell_smoke(setup, cli):
     res = cli([*args[:-1], "--epochs", "2", "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
     assert [r["epoch"] for r in csv.DictReader(open(out / "log.csv"))] == ["0", "1", "2"]
-    # user errors: one line, exit 2
+    # user errors: one line, EXIT_USAGE
     res = cli(args)
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == EXIT_USAGE and "--resume" in res.output
     res = cli([*args[:6], "missing", *args[7:12], tmp / "x", *args[13:]])
-    assert res.exit_code == 2 and "no pseudo-labels 'missing'" in res.output
+    assert res.exit_code == EXIT_USAGE and "no pseudo-labels 'missing'" in res.output
     res = cli([*args, "--targets", "hard"])
-    assert res.exit_code == 2 and "--targets" in res.output
+    assert res.exit_code == EXIT_USAGE and "--targets" in res.output
     res = cli([*args, "--best-metric", "auto"])
-    assert res.exit_code == 2 and "--best-metric must be one of bin_acc" in res.output
+    assert res.exit_code == EXIT_USAGE and "--best-metric must be one of bin_acc" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
-        TC.read_cell_input(init)
+        MC.read_cell_input(init)
 
 
 def test_image_labels_mask_targets_before_the_selection():
-    from hpacli.train.cell import combine_targets
+    from hpacli.train.cell_targets import combine_targets
 
     base = np.full((3, 19), 0.5, dtype=np.float32)
     has = np.array([True, True, False])

@@ -14,11 +14,12 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hpacli.errors import HpaError  # noqa: E402
-from hpacli.train.augment import dihedral  # noqa: E402
+from hpacli.data.views import dihedral  # noqa: E402
+from hpacli.errors import EXIT_USAGE, HpaError  # noqa: E402
 from hpacli.train.data import ArrayDataset, StoreImageDataset, select_image_rows  # noqa: E402
+from hpacli.train.metrics import average_precision, macro_map  # noqa: E402
 from hpacli.train.schedules import lr_at  # noqa: E402
-from hpacli.train.trainer import TrainConfig, Trainer, average_precision, macro_map  # noqa: E402
+from hpacli.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -212,7 +213,7 @@ def test_cli_train_image_smoke(tmp_path):
     from typer.testing import CliRunner
 
     from hpacli.cli.app import build_app
-    from hpacli.train.checkpoint import load_model
+    from hpacli.models.checkpoint import load_model
 
     st = _tiny_store(tmp_path)
     out = tmp_path / "runs" / "fold0"
@@ -235,16 +236,16 @@ def test_cli_train_image_smoke(tmp_path):
     res = runner.invoke(build_app(), [*args[:-2], "--epochs", "3", "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
     assert [r["epoch"] for r in csv.DictReader(open(out / "log.csv"))] == ["0", "1", "2", "3"]
-    # user errors are one line, exit 2
+    # user errors are one line, EXIT_USAGE
     res = runner.invoke(build_app(), [*args[:-1]])
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == EXIT_USAGE and "--resume" in res.output
     res = runner.invoke(build_app(), [*args[:5], "--out", str(tmp_path / "x"), "--best-metric", "f1"])
-    assert res.exit_code == 2 and "map or loss" in res.output
+    assert res.exit_code == EXIT_USAGE and "map or loss" in res.output
     # the default --negatives obvious needs the negatives stage's flags
     no_neg = [a for a in args if a not in ("--negatives", "all")]
     no_neg[no_neg.index(str(out))] = str(tmp_path / "y")
     res = runner.invoke(build_app(), no_neg)
-    assert res.exit_code == 2 and "negatives all" in res.output
+    assert res.exit_code == EXIT_USAGE and "negatives all" in res.output
 
 
 def test_negatives_obvious(tmp_path, monkeypatch):

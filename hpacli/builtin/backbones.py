@@ -1,31 +1,20 @@
-"""Built-in backbones: every timm model name (4 input channels, 19 outputs)."""
+"""Built-in backbones: the seed's ``densenet121-hpa`` and every timm model name (a family,
+listed lazily: listing timm's names imports torch)."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from .. import hookimpl
+from ..registry import lazy
 
 
-def _timm_factory(name: str, num_classes: int = 19, in_chans: int = 4, **kwargs):
-    from ..models.timm_wrap import TimmClassifier
+def _timm_names():
+    from ..models.timm_wrap import timm_model_names
 
-    return TimmClassifier(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-
-
-def _densenet_hpa_factory(num_classes: int = 19, in_chans: int = 4, **kwargs):
-    from ..models.densenet_hpa import DenseNetHPA
-
-    return DenseNetHPA(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return timm_model_names()
 
 
 @hookimpl
 def register_backbones(register):
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
-    import timm
-
-    for name in timm.list_models():
-        register(name, partial(_timm_factory, name), description="timm")
-    register("densenet121-hpa", _densenet_hpa_factory, description="seed image model: DenseNet121 + avg|max head")
+    register("densenet121-hpa", lazy("hpacli.models.densenet_hpa:DenseNetHPA"),
+             description="seed image model: DenseNet121 + avg|max head")
+    register.family(_timm_names, lazy("hpacli.models.timm_wrap:TimmClassifier"), description="timm: every timm model name")

@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train-image", "train_image", TRAINING),
     ("denoise", "denoise", TRAINING),
     ("select-mitotic", "select_mitotic", TRAINING),
+    ("review", "review", TRAINING),
     ("train-cell", "train_cell", TRAINING),
     ("segment", "segment", INFERENCE),
     ("pseudolabel", "pseudolabel", INFERENCE),
@@ -28,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", TOOLS),
     ("info", "info", TOOLS),
     ("plugins", "plugins", TOOLS),
+    ("doctor", "doctor", TOOLS),
     ("demo", "demo", TOOLS),
 ]
 

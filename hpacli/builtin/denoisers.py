@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from .. import hookimpl
+from ..registry import lazy
 
 
 @hookimpl
 def register_denoisers(register):
-    def graph_l1(**params):
-        from ..label.graph_l1 import GraphL1Denoiser
-
-        return GraphL1Denoiser(**params)
-
     register(
         "graph-l1",
-        graph_l1,
+        lazy("hpacli.label.graph_l1:GraphL1Denoiser"),
         "kNN graph (k=200) + normalised-Laplacian eigenbasis (50) + L1 alternating solver (λ=0.001, γ=0.12)",
     )

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 from .. import hookimpl
-
-
-def _classical(**kw):
-    from ..segment.classical import ClassicalSegmenter
-
-    return ClassicalSegmenter(**kw)
-
-
-def _hpa_unet(**kw):
-    from ..segment.hpa_unet import HpaUnetSegmenter
-
-    return HpaUnetSegmenter(**kw)
+from ..registry import lazy
 
 
 @hookimpl
 def register_segmenters(register):
-    register("classical", _classical,
+    register("classical", lazy("hpacli.segment.classical:ClassicalSegmenter"),
              description="weight-free: nuclei from blue, seeded watershed over red+yellow (default)")
-    register("hpa-unet", _hpa_unet,
-             description="HPA DPN-UNet pair from local weight files (--nuclei-model/--cell-model) + post-processing")
+    register("hpa-unet", lazy("hpacli.segment.hpa_unet:HpaUnetSegmenter"),
+             description="HPA DPN-UNet pair from local weight files (-o nuclei_model=... cell_model=...) "
+                         "+ post-processing")

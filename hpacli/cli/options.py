@@ -26,6 +26,7 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Discard this stage's stored results and start over.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
 
 # training (hpa train-image and hpa train-cell; each command keeps its own defaults)
 AccumOpt = Annotated[
@@ -42,3 +43,18 @@ TRAINING = "Training"
 INFERENCE = "Inference"
 TOOLS = "Tools"
 PANEL_ORDER = [DATA, TRAINING, INFERENCE, TOOLS]
+
+# a plugin's own options (backbone, segmenter, denoiser): `-o key=value`, repeatable
+PluginOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", metavar="KEY=VALUE",
+                 help="An option of the chosen plugin (repeatable); the value is read as JSON when it parses "
+                      "(3, 0.5, true, null, [1,2]), else as text. `hpa plugins --options KIND NAME` lists them."),
+]
+# the same without the short flag, for commands whose -o is --out
+PluginOptionsLongOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", metavar="KEY=VALUE",
+                 help="An option of the chosen backbone (repeatable); the value is read as JSON when it parses, "
+                      "else as text."),
+]

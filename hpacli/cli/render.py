@@ -1,8 +1,59 @@
-"""Rich tables shared by commands."""
+"""Rich tables shared by commands, and printing results to stdout.
+
+Results (tables, JSON) go to stdout so that ``hpa info > f`` and ``hpa plugins --json |
+jq`` work; progress, warnings and errors go to stderr (``hpacli.progress.console``).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from rich.console import Console
 from rich.table import Table
+
+out = Console()  # stdout (resolved at print time, so captured output works too)
+
+
+def print_result(*renderables: Any) -> None:
+    """Print tables (or any rich renderable) to stdout."""
+    for r in renderables:
+        out.print(r)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values, paths, dates, dataclasses, sets and tuples made JSON types."""
+    import dataclasses
+    import datetime
+    import os
+
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date)):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist):
+        return jsonable(tolist())
+    return str(obj)
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as indented JSON to stdout (plain text: no colours, no wrapping)."""
+    import typer
+
+    typer.echo(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
 
 
 def problems_table(problems: list[dict], limit: int = 50) -> Table:

@@ -27,17 +27,17 @@ def training_display(quiet: bool) -> Iterator[tuple[object, object]]:
         yield progress, log
 
 
-def report_trained(what: str, fold: int, summary: dict, unit: str, out) -> None:
+def report_trained(what: str, fold: int, summary, unit: str, out) -> None:
     """The closing line of a training run (rank 0 only)."""
     from ..progress import console
 
     if not is_rank0():
         return
-    best = summary["best_value"]
-    best_txt = (f"best {summary['best_metric']} {best:.4f} (epoch {summary['best_epoch']})" if best is not None
+    best = summary.best_value
+    best_txt = (f"best {summary.best_metric} {best:.4f} (epoch {summary.best_epoch})" if best is not None
                 else "no validation score")
     console.print(
-        f"[green]trained[/] {what} fold {fold}: {summary['step']} optimizer step(s), "
-        f"{summary['images_seen']} {unit}; {best_txt}; checkpoints in {out}",
+        f"[green]trained[/] {what} fold {fold}: {summary.step} optimizer step(s), "
+        f"{summary.images_seen} {unit}; {best_txt}; checkpoints in {out}",
         highlight=False,
     )

@@ -14,9 +14,7 @@ Model inputs built from a crop (all uint8 ``[4, h, w]`` → ``[4, S, S]``):
   is under half the long side, zero-padded to a centred square, resized to S (or, with
   ``fit="pad"``, kept at its scale and padded to S).
 
-Views: :func:`dihedral` (the 8 flips/rotations, for training augmentation) and
-:func:`apply_view` by name (test-time augmentation: ``id``, ``vflip``, ``hflip``,
-``rot90``, ...), for numpy arrays and torch tensors alike (last two axes are H, W).
+Flips and test-time views live in :mod:`hpacli.data.views`.
 
 :class:`CellBatches` is a torch ``IterableDataset`` that gathers cells across images:
 the caller hands it *units* (arrays of cell rows); each unit goes to one DataLoader
@@ -35,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .views import dihedral
 
 # ---------------------------------------------------------------------------- geometry
 
@@ -145,63 +145,6 @@ def cell_model_input(crop: np.ndarray, size: int, fit: str = "resize") -> np.nda
     raise ValueError(f"fit must be 'resize' or 'pad', not {fit!r}")
 
 
-# ---------------------------------------------------------------------------- views
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _rot90(x, k: int):
-    if _is_torch(x):
-        import torch
-
-        return torch.rot90(x, k, dims=(-2, -1))
-    return np.rot90(x, k, axes=(-2, -1))
-
-
-def _flip(x, axis: int):
-    if _is_torch(x):
-        return x.flip(axis)
-    return np.flip(x, axis=axis)
-
-
-def dihedral(x, d: int):
-    """One of the 8 flips/rotations of the last two axes: ``d % 4`` counter-clockwise
-    quarter turns, then (for ``d >= 4``) a horizontal flip. ``d = 0`` is the identity."""
-    d = int(d) % 8
-    y = _rot90(x, d % 4) if d % 4 else x
-    return _flip(y, -1) if d >= 4 else y
-
-
-# test-time views by name (each a dihedral element)
-VIEWS: dict[str, int] = {
-    "id": 0,
-    "rot90": 1,  # counter-clockwise, as np.rot90 / torch.rot90
-    "rot180": 2,
-    "rot270": 3,
-    "hflip": 4,  # mirror left-right (reverse columns)
-    "antitranspose": 5,
-    "vflip": 6,  # mirror top-bottom (reverse rows)
-    "transpose": 7,
-}
-PSEUDOLABEL_VIEWS: tuple[str, ...] = ("id", "vflip", "hflip", "rot90")
-
-
-def check_views(views: Sequence[str]) -> tuple[str, ...]:
-    from ..errors import HpaError
-
-    bad = [v for v in views if v not in VIEWS]
-    if bad or not views:
-        raise HpaError(f"unknown view(s) {bad or '(none)'}; choose from {', '.join(VIEWS)}")
-    return tuple(views)
-
-
-def apply_view(x, name: str):
-    """Apply the named test-time view to the last two axes (numpy or torch)."""
-    return dihedral(x, VIEWS[name])
-
-
 # ---------------------------------------------------------------------------- transforms
 
 
@@ -250,12 +193,13 @@ def work_shape(height: int, width: int, work_size: int | None) -> tuple[int, int
 
 def load_pixels(store, index: int, shape: tuple[int, int], cache_size: int | None = None) -> np.ndarray:
     """uint8 RGBY ``[4, *shape]``: from the pixel cache when it has at least that many
-    pixels, else decoded from the PNGs; resized to ``shape``."""
+    pixels and the image's row is present, else decoded from the PNGs; resized to ``shape``."""
     if cache_size is None:
         cache_size = store.images.cache_size
+    pix = None
     if cache_size is not None and cache_size >= max(shape):
-        pix = store.images.read_cache(index)
-    else:
+        pix = store.images.try_read_cache(index)
+    if pix is None:
         pix = store.images.read_image(index)
     return _resize(pix, shape)
 
@@ -279,12 +223,14 @@ def load_image(store, index: int, work_size: int | None, height: int, width: int
 class CropUnit:
     """Cells that one worker crops together. ``rows`` index the cells table; images are
     loaded once per unit at ``work_size`` (None: original resolution); ``out_size`` is
-    the side of the transformed crops (default: the dataset's)."""
+    the side of the transformed crops and ``transform`` the transform (default: the
+    dataset's)."""
 
     rows: np.ndarray
     work_size: int | None = None
     out_size: int | None = None
     tag: Any = None
+    transform: Callable | None = None
 
 
 def _torch_dataset_base():
@@ -369,6 +315,7 @@ class CellBatches(_torch_dataset_base()):
         unit = self.units[k]
         rows = np.asarray(unit.rows, dtype=np.int64)
         size = unit.out_size or self.out_size
+        transform = unit.transform or self.transform
         if size is None:
             raise ValueError("CellBatches needs out_size (per unit or for the dataset)")
         images = m["image"][rows]
@@ -385,7 +332,7 @@ class CellBatches(_torch_dataset_base()):
             for r in sel:
                 box = scale_bbox(m["bbox"][r], (h, w), labels.shape)
                 crop = masked_crop(pixels, labels, int(m["cell_id"][r]), box)
-                crops.append(self.transform(crop, size, rng))
+                crops.append(transform(crop, size, rng))
             yield sel, crops, None
 
     def _batches_of_unit(self, k: int, rng: np.random.Generator):

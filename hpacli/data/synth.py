@@ -43,6 +43,7 @@ from scipy import ndimage
 from ..classes import CHANNELS, CLASS_NAMES, MITOTIC_SPINDLE, N_CLASSES, NEGATIVE
 from ..errors import InputError
 from ..progress import NullProgress, add_task
+from ..summary import Summary
 from .synth_cells import Geometry, child_rng, make_geometry, reference_channels
 from .synth_patterns import PATTERN_NAMES, pattern_map
 
@@ -330,7 +331,7 @@ def make_image(cfg: SynthConfig, rules: Rules, plan: ImagePlan) -> MadeImage:
 
 
 def prediction_string(cells: np.ndarray, classes: list[set[int]]) -> str:
-    from ..evaluate.masks import encode_label_image
+    from ..io.masks import encode_label_image
 
     ids = np.arange(1, len(classes) + 1)
     enc = encode_label_image(cells, ids=ids) if len(ids) else {}
@@ -413,7 +414,7 @@ def write_preview(out: Path, plans: list[ImagePlan], infos: list[dict], labels: 
     """RGB composites (R = red/yellow, G = green, B = blue) with cell outlines and true labels."""
     from PIL import ImageDraw, ImageFont
 
-    from .pngio import channel_paths, read_channel
+    from ..io.png import channel_paths, read_channel
 
     font = ImageFont.load_default()
     firsts = {}
@@ -467,7 +468,7 @@ OUTPUTS = ("train", "test", "dev", "truth_labels", "train.csv", "sample_submissi
 
 
 @dataclass
-class SynthSummary:
+class SynthSummary(Summary):
     out: Path
     n_train: int
     n_test: int

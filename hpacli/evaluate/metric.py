@@ -21,17 +21,23 @@ IoU: ``"mask"`` (pixel IoU of the masks) or ``"box"`` (IoU of the masks' boundin
 normalised as the evaluator does: ymin = r0/H, xmin = c0/W, ymax = (r1+1)/H,
 xmax = (c1+1)/W, computed in those floating-point units).
 
-Ties in score (the reference evaluator leaves their order to an unstable sort):
+Ties in score. The Open Images evaluator ranks detections one by one: it sorts each
+image's detections (numpy ``argsort`` of the scores, reversed) before matching, and sorts the
+pooled detections of a class the same way before the precision/recall curve, so every tied
+detection gets its own precision point, in whatever order that unstable sort leaves them.
+The order can change the score; we fix it:
 
-* ``ties="group"`` (default): detections with the same score form one threshold. The
+* ``ties="submission"`` (default): tied detections are ranked one by one in submission
+  order: images in the order of the file (first row first; for label images the order of
+  the ``preds`` mapping), and inside an image the triples in PredictionString order (for
+  label images: cells in mapping order, then classes). The same order decides the greedy
+  matching inside an image and the ranking of the pooled detections, so the result is
+  the evaluator's score for that order of the ties. ``"first"`` is the older name.
+* ``ties="group"``: detections with the same score form one threshold; the
   precision/recall point is taken only after the whole group, so the result does not
-  depend on the order of images or triples in the file. Inside one image and class the
-  greedy matching still needs an order; there ties go in the order of the triples in the
-  PredictionString, which cannot change the result (the tied detections share a score
-  and land in the same group).
-* ``ties="first"``: ties in the order of appearance: images in the order of the
-  submission (``preds`` mapping), then triples in PredictionString order; a point per
-  detection, as a stable sort would give.
+  depend on the order of images or triples in the file (inside one image the matching
+  still goes in triple order). This equals the evaluator's score for the order that puts
+  the tied false positives before the tied true positives (the lowest it can give).
 
 Without ties both give the same AP.
 
@@ -61,7 +67,7 @@ from .submission import (
 )
 
 IOU_MODES = ("mask", "box")
-TIE_MODES = ("group", "first")
+TIE_MODES = ("submission", "group", "first")  # "first": the older name of "submission"
 
 
 @dataclass
@@ -75,7 +81,7 @@ class EvalResult:
     n_tp: dict[int, int]
     iou: str = "mask"
     threshold: float = 0.6
-    ties: str = "group"
+    ties: str = "submission"
     n_images_truth: int = 0
     n_images_pred: int = 0
     n_images_without_truth: int = 0  # predicted images with no truth row (detections dropped)
@@ -233,8 +239,9 @@ def match_image(
     return out, n_dropped
 
 
-def average_precision(scores: np.ndarray, tp: np.ndarray, n_truth: int, ties: str = "group") -> float:
-    """VOC-style AP of pooled detections (``scores``, ``tp`` in tie order). NaN without truth."""
+def average_precision(scores: np.ndarray, tp: np.ndarray, n_truth: int, ties: str = "submission") -> float:
+    """VOC-style AP of pooled detections (``scores``, ``tp`` in tie order: a stable sort by
+    descending score keeps tied detections in the order given). NaN without truth."""
     if n_truth == 0:
         return float("nan")
     if len(scores) == 0:
@@ -263,7 +270,7 @@ def evaluate(
     preds: Mapping[str, ImageInstances],
     iou: str = "mask",
     threshold: float = 0.6,
-    ties: str = "group",
+    ties: str = "submission",
     progress=None,
 ) -> EvalResult:
     """The metric on parsed instances (see the module docstring for the rules)."""
@@ -328,7 +335,7 @@ def evaluate_frames(
     sub_df,
     iou: str = "mask",
     threshold: float = 0.6,
-    ties: str = "group",
+    ties: str = "submission",
     max_problems: int = MAX_PROBLEMS,
     progress=None,
 ) -> EvalResult:
@@ -347,7 +354,7 @@ def evaluate_files(
     submission_path: str | Path,
     iou: str = "mask",
     threshold: float = 0.6,
-    ties: str = "group",
+    ties: str = "submission",
     max_problems: int = MAX_PROBLEMS,
     progress=None,
 ) -> EvalResult:
@@ -366,7 +373,7 @@ def evaluate_instances(
     preds: Mapping[str, tuple[np.ndarray, Mapping[int, Iterable[float]]]],
     iou: str = "mask",
     threshold: float = 0.6,
-    ties: str = "group",
+    ties: str = "submission",
     progress=None,
 ) -> EvalResult:
     """The metric on label images, without encoding anything.

@@ -2,7 +2,7 @@
 
 Both files use the competition's format: header ``ID,ImageWidth,ImageHeight,PredictionString``;
 ``PredictionString`` is space-separated triples ``label confidence encodedMask`` (see
-:mod:`hpacli.evaluate.masks`). A truth file is the same, with one triple per (cell, label)
+:mod:`hpacli.io.masks`). A truth file is the same, with one triple per (cell, label)
 pair and confidence 1.
 
 Every problem is reported with its line in the file (the header is line 1) and the image
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import InputError
-from .masks import encode_label_image, rle_total, rle_totals, size_message, unpack_counts
+from ..io.masks import encode_label_image, rle_total, rle_totals, size_message, unpack_counts
 
 HEADER: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 MAX_PROBLEMS = 20
@@ -575,7 +575,7 @@ def truth_row(
     return image_id, w, h, format_prediction_string(labels, [1] * len(labels), masks)
 
 
-def write_submission(path: str | Path, rows: Iterable[tuple[str, int, int, str]]) -> int:
+def write_rows(path: str | Path, rows: Iterable[tuple[str, int, int, str]]) -> int:
     """Write rows ``(ID, ImageWidth, ImageHeight, PredictionString)`` with the header;
     returns the number of rows. Works for truth files too."""
     path = Path(path)

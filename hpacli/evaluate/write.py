@@ -3,7 +3,7 @@
 Per image of the split: the cells label image nearest-upsampled to the image's original
 size (:func:`hpacli.store.segmentation.read_labels_full`), every cell's mask encoded in
 one pass (:func:`encode_label_runs`: the same bytes as
-:func:`hpacli.evaluate.masks.encode_label_image`, about 7x faster on 2048² images,
+:func:`hpacli.io.masks.encode_label_image`, about 7x faster on 2048² images,
 because the runs of all cells come from one scan of the label image instead of one
 H x W mask per cell), one triple per class whose probability is >= ``min_conf``
 (classes limited to ``classes``). Images go to a pool of
@@ -20,18 +20,18 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import HpaError, InputError
+from ..summary import Summary
 
 _STORE = None  # per worker process
 
 
 @dataclass
-class WriteSummary:
+class WriteSummary(Summary):
     out: str
     images: int = 0
     images_without_cells: int = 0
@@ -40,9 +40,6 @@ class WriteSummary:
     seconds: float = 0.0
     bytes: int = 0
     classes: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -68,11 +65,11 @@ def parse_classes(text: str | None) -> list[int] | None:
 
 def encode_label_runs(labels: np.ndarray, ids=None) -> dict[int, str]:
     """``{cell id: encoded mask}`` for the cells of a label image, byte-identical to
-    :func:`hpacli.evaluate.masks.encode_label_image`: one column-major scan finds the
+    :func:`hpacli.io.masks.encode_label_image`: one column-major scan finds the
     runs of every id, pycocotools compresses each cell's run lengths."""
     from pycocotools import mask as mask_util
 
-    from .masks import _pack
+    from ..io.masks import _pack
 
     labels = np.asarray(labels)
     h, w = labels.shape
@@ -192,9 +189,11 @@ def write_submission(store, predictions: str = "default", out="submission.csv", 
     """Write the submission CSV for the ``split`` images from ``predictions/<predictions>``;
     see the module doc. Raises HpaError when predictions are missing or the written file
     fails the check (``out`` is then left untouched)."""
+    from ..outpaths import check_out_file
     from ..progress import NullProgress, add_task
     from .submission import HEADER, check_submission
 
+    out = check_out_file(out, "--out")
     if isinstance(classes, str):
         classes = parse_classes(classes)
     classes = None if classes is None else sorted({int(c) for c in classes})
@@ -204,7 +203,6 @@ def write_submission(store, predictions: str = "default", out="submission.csv", 
         raise InputError("--min-conf must be between 0 and 1")
     t0 = time.perf_counter()
     jobs = _jobs(store, predictions, split, classes, min_conf)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = WriteSummary(out=str(out), images=len(jobs), classes=classes or list(range(N_CLASSES)))
     progress = progress or NullProgress()

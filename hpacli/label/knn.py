@@ -1,11 +1,16 @@
 """k-nearest-neighbour graphs over cell embeddings, exact for small N, approximate at scale.
 
-The de-noising graph (k = 200, Euclidean, on 1024-d embeddings) was the bulk of the
-original's 14 hours: an exact brute-force search costs N² · D multiply-adds. Here:
+``k`` counts the cell itself, as the seed's graph did (sklearn ``kneighbors_graph(...,
+include_self=True)``: k = 200 is the cell and its 199 nearest other cells). The tables here
+hold the ``k − 1`` other cells; the cell itself is implied (the normalised Laplacian ignores
+self loops anyway). The de-noising graph (k = 200, Euclidean, on 1024-d embeddings) was the
+bulk of the original's 14 hours: an exact brute-force search costs N² · D multiply-adds. Here:
 
 ``exact``
-    faiss ``IndexFlatL2`` over the full-dimensional embeddings (BLAS brute force, blocked);
-    the right choice up to a few tens of thousands of cells.
+    faiss ``IndexFlatL2`` over the full-dimensional embeddings (BLAS brute force, blocked),
+    with near-ties at the k-th distance settled by float64 distances (float32 search alone
+    mis-orders a few); the right choice up to a few tens of thousands of cells. The same
+    check follows ``ivf``/``hnsw`` without PCA.
 ``pca-exact``
     a PCA (fitted on a sample) to ``pca_dim`` dimensions, then exact search in that space.
 ``ivf``
@@ -38,10 +43,11 @@ AUTO_EXACT_MAX = 20000  # at most this many cells: exact search at full dimensio
 
 @dataclass
 class KnnGraph:
-    """``indices[i]`` are the k nearest other cells of cell ``i``, nearest first."""
+    """``indices[i]`` are the ``k − 1`` nearest other cells of cell ``i``, nearest first
+    (``k`` counts the cell itself, as the seed's ``include_self=True`` graph)."""
 
-    indices: np.ndarray  # [N, k] int32
-    distances: np.ndarray  # [N, k] float32, squared Euclidean (in the searched space)
+    indices: np.ndarray  # [N, k - 1] int32
+    distances: np.ndarray  # [N, k - 1] float32, squared Euclidean (in the searched space)
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -52,7 +58,8 @@ class KnnGraph:
 
     @property
     def k(self) -> int:
-        return int(self.indices.shape[1])
+        """Neighbourhood size counting the cell itself."""
+        return int(self.indices.shape[1]) + 1
 
 
 # ------------------------------------------------------------------------- helpers
@@ -102,16 +109,51 @@ def load_float32(emb, chunk: int = 16384) -> np.ndarray:
     return out
 
 
-def _centred(emb, chunk: int) -> np.ndarray:
+def _centred(x: np.ndarray) -> np.ndarray:
     """float32 copy with the mean row subtracted: faiss computes ‖x‖² + ‖y‖² − 2x·y in float32,
     which loses the order of near neighbours far from the origin (measured on real
     embeddings: 52 of 1261 cells got another 200th neighbour than a float64 search;
     none once centred)."""
-    x = load_float32(emb, chunk)
-    if x is emb:
-        x = x.copy()
-    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return x
+    return x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+# float32 ‖x‖² + ‖y‖² − 2x·y is off by at most ~4·eps32·(‖x‖² + ‖y‖²) ≈ 2.4e-7 of the norms;
+# candidates this close (relative to the norms) to the k-th distance are re-checked in float64
+TIE_BAND = 1e-5
+EXTRA_CANDIDATES = 16
+
+
+def _settle_boundary(full: np.ndarray, sq: np.ndarray, start: int, idx: np.ndarray, dist: np.ndarray,
+                     keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``keep`` nearest of each query's candidates (``idx``/``dist`` sorted by the
+    float32 search), deciding the candidates near the ``keep``-th distance by exact float64
+    distances computed from the embeddings themselves. Float32 search alone mis-orders a few
+    near-ties (3 of 6,000 synthetic cells at k = 200, enough to move Y_opt by 3e-3); only
+    those few rows cost anything here."""
+    b, fetched = idx.shape
+    out_i = idx[:, :keep].astype(np.int64)
+    out_d = dist[:, :keep].astype(np.float64)
+    if fetched <= keep:
+        return out_i, out_d
+    q_sq = sq[start : start + b]
+    cand_sq = np.where(idx >= 0, sq[np.maximum(idx, 0)], 0.0)
+    band = TIE_BAND * (q_sq + cand_sq.max(axis=1))
+    near = (np.abs(dist - dist[:, keep - 1 : keep]) <= band[:, None]) & (idx >= 0)
+    for r in np.flatnonzero(near.sum(axis=1) > 1):
+        q = full[start + r].astype(np.float64)
+        if near[r, -1]:  # the tie reaches past the candidates fetched: rank this query against all cells
+            d64 = ((full.astype(np.float64) - q) ** 2).sum(axis=1)
+            order = np.lexsort((np.arange(len(full)), d64))[:keep]
+            out_i[r], out_d[r] = order, d64[order]
+            continue
+        pos = np.flatnonzero(near[r])
+        first = int(pos[0])
+        c = idx[r, pos].astype(np.int64)
+        d64 = ((full[c].astype(np.float64) - q) ** 2).sum(axis=1)
+        order = np.lexsort((c, d64))[: keep - first]
+        out_i[r, first:] = c[order]
+        out_d[r, first:] = d64[order]
+    return out_i, out_d
 
 
 @dataclass
@@ -158,7 +200,8 @@ def reduce(emb, pca: Pca, chunk: int = 16384, progress=None, task=None) -> np.nd
 
 
 def _drop_self(idx: np.ndarray, dist: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """From k+1 results per query, remove the query itself (or the farthest if it is absent)."""
+    """From k + 1 results per query (the query among them), keep the k others: drop the query
+    itself, or the farthest result if it is absent (duplicates at distance 0)."""
     rows = np.arange(len(idx))
     is_self = idx == (start + rows)[:, None]
     # a missing neighbour (-1, too few candidates) is treated as self so that it goes first
@@ -172,14 +215,24 @@ def _drop_self(idx: np.ndarray, dist: np.ndarray, start: int, k: int) -> tuple[n
     return out_i, out_d
 
 
-def _search(index, x: np.ndarray, k: int, chunk: int, progress=None, task=None) -> tuple[np.ndarray, np.ndarray]:
+def _search(index, x: np.ndarray, k: int, chunk: int, progress=None, task=None,
+            full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest cells of every cell (itself included), returned without itself.
+    With ``full`` (the embeddings the index holds, uncentred), a few more candidates are
+    fetched and near-ties at the k-th distance settled in float64 (:func:`_settle_boundary`)."""
     n = len(x)
-    kk = min(k + 1, n)
+    kk = min(k, n)
+    fetch = kk if full is None else min(n, kk + EXTRA_CANDIDATES)
+    sq = None
+    if full is not None:  # squared norms of the searched (centred) vectors: the scale of float32 errors
+        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     indices = np.empty((n, kk - 1), dtype=np.int32)
     distances = np.empty((n, kk - 1), dtype=np.float32)
     for start in range(0, n, chunk):
         q = x[start : start + chunk]
-        d, i = index.search(q, kk)
+        d, i = index.search(q, fetch)
+        if full is not None:
+            i, d = _settle_boundary(full, sq, start, i, d, kk)
         i, d = _drop_self(i, d, start, kk - 1)
         if (i < 0).any():
             raise HpaError(
@@ -220,15 +273,17 @@ def knn_graph(
     seed: int = 0,
     progress=None,
 ) -> KnnGraph:
-    """The ``k`` nearest other cells of every cell (squared Euclidean), see the module doc."""
+    """The ``k`` nearest cells of every cell, itself counted (squared Euclidean): the table
+    holds the ``k − 1`` others; see the module doc."""
     if method not in METHODS:
         raise HpaError(f"unknown kNN method {method!r}; choose one of {', '.join(METHODS)}")
     n, d = _check_source(emb)
     k = int(k)
-    if k < 1:
-        raise HpaError(f"k must be at least 1, got {k}")
-    if k >= n:
-        raise InputError(f"k = {k} neighbours need more than {k} cells; this fold has {n} (lower --k)")
+    if k < 2:
+        raise HpaError(f"k must be at least 2 (it counts the cell itself), got {k}")
+    if k > n:
+        raise InputError(f"k = {k} neighbours (the cell itself included) need at least {k} cells; this fold has {n} "
+                         "(lower --k)")
     if method == "auto":
         method = "exact" if n <= AUTO_EXACT_MAX else "ivf"
     faiss = _faiss()
@@ -237,12 +292,15 @@ def knn_graph(
     params: dict[str, Any] = {"k": k, "n": n, "dim": d}
     t0 = time.perf_counter()
     task = None
+    full = None  # full-dimensional embeddings: candidates are re-ranked in float64 against them
     if method == "exact":
-        x = _centred(emb, chunk)
+        full = load_float32(emb, chunk)
+        x = _centred(full)
     else:
         pca = fit_pca(emb, pca_dim, sample=min(train_sample, n), seed=seed, chunk=chunk) if pca_dim and pca_dim < d else None
         if pca is None:
-            x = _centred(emb, chunk)
+            full = load_float32(emb, chunk)
+            x = _centred(full)
         else:
             if progress is not None:
                 task = progress.add_task("kNN: reduce", total=n, unit="cells", info=f"PCA {d}→{pca.components.shape[1]}")
@@ -271,24 +329,26 @@ def knn_graph(
         index = faiss.IndexHNSWFlat(dim, int(hnsw_m))
         index.hnsw.efConstruction = int(ef_construction)
         index.add(x)
-        index.hnsw.efSearch = int(max(ef_search, k + 1))
+        index.hnsw.efSearch = int(max(ef_search, k))
         params.update(hnsw_m=int(hnsw_m), ef_search=int(index.hnsw.efSearch), ef_construction=int(ef_construction))
     seconds["index"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if progress is not None:
         task = progress.add_task("kNN: search", total=n, unit="cells", info=f"{method}, k={k}")
-    indices, distances = _search(index, x, k, chunk, progress, task)
+    indices, distances = _search(index, x, k, chunk, progress, task, full)
     seconds["search"] = time.perf_counter() - t0
     del index
     return KnnGraph(indices, distances, method, params, seconds)
 
 
 def exact_knn_numpy(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Exact kNN (squared Euclidean, float64, self excluded) by numpy brute force: the reference."""
+    """Exact kNN by numpy brute force (squared Euclidean, float64): the reference. ``k``
+    counts the cell itself, as in :func:`knn_graph`; returns the ``k − 1`` other cells."""
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
-    if k >= n:
-        raise InputError(f"k = {k} neighbours need more than {k} cells; got {n}")
+    if not 2 <= k <= n:
+        raise InputError(f"k = {k} neighbours (the cell itself included) need 2 <= k <= {n} cells")
+    k = k - 1  # the others
     sq = np.einsum("ij,ij->i", x, x)
     out = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, chunk):

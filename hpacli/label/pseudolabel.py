@@ -14,30 +14,23 @@ cells of several images; a GPU runs in AMP (float16 autocast).
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..classes import N_CLASSES
-from ..data.crops import (
-    PSEUDOLABEL_VIEWS,
-    CellBatches,
-    CropUnit,
-    TileFill,
-    apply_view,
-    check_views,
-    make_loader,
-)
+from ..data.views import PSEUDOLABEL_VIEWS, check_views
 from ..errors import HpaError, InputError
+from ..infer.blocks import BlockLoop, close_run, on_device
+from ..infer.device import resolve_device
+from ..infer.forward import predict_views, use_amp
+from ..infer.models import expand_model_paths, file_record
 from ..progress import NullProgress, add_task
 from ..store import Shard, begin_stage
 from ..store.pseudolabels import BLOCK, prepare_run, run_key, write_block
 from ..store.work import BlockWork
-
-MAX_PROBLEMS = 1000
+from ..summary import Summary
 
 
 @dataclass
@@ -48,10 +41,11 @@ class FoldModel:
     model: object = None
     config: dict = field(default_factory=dict)
     train_images: list | None = None  # image ids the model trained on, when the checkpoint says
+    train_folds: dict | None = None  # the fold set it was trained with ({"name", "sha256"}), when it says
 
 
 @dataclass
-class PseudolabelSummary:
+class PseudolabelSummary(Summary):
     run: str
     cells_total: int = 0
     cells_assigned: int = 0  # cells with an out-of-fold model (whole store)
@@ -65,104 +59,46 @@ class PseudolabelSummary:
     problems: list[str] = field(default_factory=list)
     device: str = "cpu"
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 # ---------------------------------------------------------------------------- models
 
 
-def expand_model_paths(models) -> list[str]:
-    """Globs and paths (a list, or one string with commas) → sorted existing files."""
-    if isinstance(models, (str, os.PathLike)):
-        models = [m for m in str(models).split(",") if m.strip()]
-    out: list[str] = []
-    for m in models:
-        m = str(m).strip()
-        hits = sorted(glob.glob(m)) if any(ch in m for ch in "*?[") else ([m] if Path(m).exists() else [])
-        if not hits:
-            raise InputError(f"no model checkpoint matches {m!r}")
-        out.extend(hits)
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
-
-
-def _load_model(path: str, device: str = "cpu"):
-    from ..train.checkpoint import load_model
-
-    return load_model(path, device=device)
-
-
-def _checkpoint_meta(path: str, config: dict) -> dict:
-    """fold, img_size, folds name (and the training image ids if recorded) from the
-    config that load_model returned or else from the checkpoint's training config
-    (``train_config`` and its ``extra`` dict, as ``hpa train-image`` writes them)."""
-    keys = ("fold", "img_size", "folds_name", "train_images")
-    meta = {k: config.get(k) for k in keys}
-    if meta["fold"] is None or meta["img_size"] is None:
-        try:
-            from ..train.checkpoint import read_checkpoint
-
-            obj = read_checkpoint(path)
-        except Exception:  # noqa: BLE001 - the error below says what is missing
-            obj = {}
-        obj = obj if isinstance(obj, dict) else {}
-        tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
-        for sub in (tc, tc.get("extra"), obj.get("config"), obj.get("model_config")):
-            if isinstance(sub, dict):
-                for k in keys:
-                    if meta[k] is None and sub.get(k) is not None:
-                        meta[k] = sub[k]
-    if meta["fold"] is None or meta["img_size"] is None:
-        raise InputError(
-            f"{path}: the checkpoint does not record its fold and image size; pass checkpoints written by "
-            "`hpa train-image`"
-        )
-    return meta
-
-
 def load_fold_models(paths: list[str]) -> dict[int, FoldModel]:
+    """One image model per fold, with the fold, image size and training record its
+    checkpoint says (:func:`hpacli.models.checkpoint.load`)."""
+    from ..models.checkpoint import load
+
     out: dict[int, FoldModel] = {}
     for p in paths:
-        model, config = _load_model(p, "cpu")
-        meta = _checkpoint_meta(p, config)
-        fold = int(meta["fold"])
+        loaded = load(p, "cpu")
+        info = loaded.info
+        if info.fold is None or info.img_size is None:
+            raise InputError(
+                f"{p}: the checkpoint does not record its fold and image size; pass checkpoints written by "
+                "`hpa train-image`"
+            )
+        fold = info.fold
         if fold in out:
             raise InputError(f"two models for fold {fold}: {out[fold].path} and {p}; pass one per fold")
-        out[fold] = FoldModel(fold, str(Path(p).resolve()), int(meta["img_size"]), model, config,
-                              list(meta["train_images"]) if meta.get("train_images") else None)
-        out[fold].config = {**config, "folds_name": meta.get("folds_name")}
+        out[fold] = FoldModel(fold, str(Path(p).resolve()), info.img_size, loaded.model,
+                              {**loaded.config, "folds_name": info.folds_name}, info.trained_images, info.train_folds)
     return dict(sorted(out.items()))
 
 
-def _model_record(fm: FoldModel) -> dict:
-    st = os.stat(fm.path)
-    return {"path": fm.path, "bytes": int(st.st_size), "mtime": int(st.st_mtime)}
-
-
 def embedding_dim_of(model, img_size: int) -> int:
+    """The model's embedding size; a model whose embedding is only its logits is refused
+    (de-noising builds its graph on the embeddings: the logits it would de-noise are no
+    independent view of the cells)."""
+    from ..models.build import check_outputs, describe
+
+    if getattr(model, "hpa_embedding", None) == "logits":
+        raise InputError(f"{describe(model)} has no embedding (no forward_with_embedding): pseudo-labels store an "
+                         "embedding per cell for de-noising; give the backbone forward_with_embedding(x) -> "
+                         "(logits, embedding) and an int embedding_dim")
     dim = getattr(model, "embedding_dim", None)
     if dim:
         return int(dim)
-    import torch
-
-    with torch.inference_mode():
-        _, emb = model.forward_with_embedding(torch.zeros(1, 4, img_size, img_size))
-    return int(emb.shape[1])
-
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HpaError(f"--device {device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HpaError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    return dev
+    return check_outputs(model, img_size)
 
 
 # ---------------------------------------------------------------------------- assignment
@@ -195,13 +131,17 @@ def assign_models(store, fold_models: dict[int, FoldModel], folds_name: str = "d
     image_model = np.where(use, image_fold, -1).astype(np.int8)
     cell_image = cells.column("image")
     cell_model = image_model[cell_image] if len(cell_image) else np.zeros(0, dtype=np.int8)
-    check_out_of_fold(store, cell_model, fold_models, image_fold)
+    check_out_of_fold(store, cell_model, fold_models, image_fold, folds_name)
     return cell_model, skipped
 
 
-def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, FoldModel], image_fold: np.ndarray):
+def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, FoldModel], image_fold: np.ndarray,
+                      folds_name: str = "default"):
     """The leak check: a cell's model must be the model of its image's fold (the fold it
-    was *validated* on), and its image must not be among the model's training images."""
+    was *validated* on), and its image must not be among the images the checkpoint records
+    as trained on (``hpacli.models.trained_on``; a checkpoint without that record is refused).
+    The second part is what catches folds redone after training."""
+    from ..models.trained_on import check_no_leak, folds_identity, require_record
     from ..store.cells import CellTable
 
     cell_image = CellTable(store).column("image")
@@ -210,54 +150,19 @@ def check_out_of_fold(store, cell_model: np.ndarray, fold_models: dict[int, Fold
     if bad.any():
         raise HpaError(f"{int(bad.sum())} cell(s) would be labelled by a model of another fold (leak); not run")
     ids = store.images.ids()
+    current = folds_identity(store, folds_name)
     for f, fm in fold_models.items():
-        if fm.train_images:
-            mine = np.unique(cell_image[cell_model == f])
-            leak = set(ids[mine].tolist()) & set(fm.train_images)
-            if leak:
-                raise HpaError(
-                    f"model of fold {f} ({fm.path}) trained on {len(leak)} image(s) it would label, e.g. "
-                    f"{sorted(leak)[:3]}; were the folds redone after training? Not run"
-                )
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-# on CPU, large batches of big inputs fall out of the caches: forward in small pieces
-CPU_MICRO_BATCH = 4
-
-
-def predict_views(model, x, views, device, amp: bool, micro_batch: int | None = None):
-    """Sigmoid and embedding averaged over ``views`` for uint8 ``x`` [B, 4, S, S]."""
-    import torch
-
-    if micro_batch is None:
-        micro_batch = CPU_MICRO_BATCH if device.type == "cpu" else len(x)
-    micro_batch = max(1, int(micro_batch))
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    probs = torch.zeros((len(x), N_CLASSES), device=device)
-    emb = None
-    ctx = torch.autocast(device_type=device.type, dtype=torch.float16) if amp else _null()
-    with torch.inference_mode(), ctx:
-        for v in views:
-            xv = apply_view(x, v).contiguous()
-            for a in range(0, len(x), micro_batch):
-                logits, e = model.forward_with_embedding(xv[a : a + micro_batch])
-                probs[a : a + micro_batch] += torch.sigmoid(logits.float())
-                if emb is None:
-                    emb = torch.zeros((len(x), e.shape[1]), device=device)
-                emb[a : a + micro_batch] += e.float()
-    n = float(len(views))
-    return (probs / n).cpu().numpy(), (emb / n).cpu().numpy()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        trained = require_record(fm.path, fm.train_images)
+        mine = np.unique(cell_image[cell_model == f])
+        was = fm.train_folds or {}
+        why = (f"The folds {folds_name!r} changed after it was trained (hpa fold ran again)"
+               if was.get("sha256") and was.get("sha256") != current["sha256"]
+               else f"Were the folds {folds_name!r} redone after training?")
+        check_no_leak(
+            fm.path, trained, ids[mine].tolist(), f"label as fold {f}'s validation images",
+            f"{why}: train the image models again on the current folds (hpa train-image --fold F), or make "
+            "the folds they were trained with again (same hpa fold seed and options)",
+        )
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -267,10 +172,7 @@ def run_pseudolabel(
     store,
     models,
     run: str = "default",
-    shard: Shard = Shard(),
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
+    shard: Shard = Shard(), batch_size: int = 16, device: str = "auto", workers: int = 2,  # the engine's
     views=PSEUDOLABEL_VIEWS,
     skip_duplicates: bool = True,
     folds: str = "default",
@@ -279,12 +181,11 @@ def run_pseudolabel(
     progress=None,
 ) -> PseudolabelSummary:
     """Label every cell of every image in a fold that has a model; see the module doc."""
-    import torch
-
     from ..store.cells import CellTable
 
     store.require_writable()
-    views = check_views(tuple(views))
+    run_key(run)  # a bad run name is refused before anything is loaded
+    views = check_views(views)
     if batch_size < 1:
         raise HpaError("--batch-size must be at least 1")
     paths = expand_model_paths(models)
@@ -299,7 +200,7 @@ def run_pseudolabel(
                 f"would not match; pass --folds {trained_on}"
             )
     dev = resolve_device(device)
-    amp = dev.type == "cuda"
+    amp = use_amp(dev)
     cells = CellTable(store)
     n_cells = cells.n
     cell_model, skipped = assign_models(store, fold_models, folds, skip_duplicates)
@@ -309,8 +210,7 @@ def run_pseudolabel(
         raise InputError(f"the models' embeddings differ in size ({dims}); use models of one backbone")
     dim = next(iter(dims.values()))
     attrs = {
-        "cells_table_id": cells.table_id,
-        "models": {str(f): _model_record(fm) for f, fm in fold_models.items()},
+        "models": {str(f): file_record(fm.path) for f, fm in fold_models.items()},
         "views": list(views),
         "img_size": {str(f): fm.img_size for f, fm in fold_models.items()},
         "folds": folds,
@@ -319,86 +219,57 @@ def run_pseudolabel(
     key = prepare_run(store, run, n_cells, dim, attrs, block=block, overwrite=overwrite)
     params = {"models": [fm.path for fm in fold_models.values()], "views": list(views), "folds": folds,
               "skip_duplicates": skip_duplicates, "batch_size": batch_size, "shard": str(shard)}
-    stage = begin_stage(store, key, "pseudolabel", params)
-    work = BlockWork(store, key, n_cells, block)
-    todo = work.todo(shard)
+    work = BlockWork(store, key, n_cells, block)  # another block size: refused before the stage starts
+    with begin_stage(store, key, "pseudolabel", params) as stage:
+        summary = PseudolabelSummary(
+            run=run, cells_total=n_cells, cells_assigned=int((cell_model >= 0).sum()), blocks_total=work.n_blocks,
+            skipped_duplicate_images=skipped, device=str(dev),
+            folds_without_images=[f for f in fold_models if not (cell_model == f).any()],
+        )
+        # one crop unit per (block, fold) with cells to label; empty blocks are written at once
+        loop = BlockLoop(store.path, batch_size, workers, pin_memory=dev.type == "cuda")
+        for b in work.todo(shard):
+            m = cell_model[b.start : b.stop]
+            folds_here = sorted(set(m[m >= 0].tolist()))
+            if not folds_here:
+                write_block(store, run, b.start, np.full((len(b), N_CLASSES), np.nan, np.float32),
+                            np.zeros((len(b), dim), np.float16), m)
+                work.mark_done(b)
+                summary.blocks_done += 1
+                continue
+            size = {f: fold_models[f].img_size for f in folds_here}
+            loop.add(b, [(f, b.start + np.flatnonzero(m == f), size[f], size[f], None) for f in folds_here])
+        progress = progress or NullProgress()
+        task = add_task(progress, f"pseudolabel {run}", loop.n_cells, unit="cell",
+                        info=f"{len(fold_models)} model(s), {len(views)} views, {dev}")
 
-    summary = PseudolabelSummary(
-        run=run, cells_total=n_cells, cells_assigned=int((cell_model >= 0).sum()), blocks_total=work.n_blocks,
-        skipped_duplicate_images=skipped, device=str(dev),
-        folds_without_images=[f for f in fold_models if not (cell_model == f).any()],
-    )
-    # units: one per (block, fold) with cells to label; empty blocks are written at once
-    units: list[CropUnit] = []
-    left: dict[int, int] = {}
-    for b in todo:
-        m = cell_model[b.start : b.stop]
-        folds_here = sorted(set(m[m >= 0].tolist()))
-        if not folds_here:
-            write_block(store, run, b.start, np.full((len(b), N_CLASSES), np.nan, np.float32),
-                        np.zeros((len(b), dim), np.float16), m)
-            work.mark_done(b)
+        def new_buffer(b):
+            return {"probs": np.full((len(b), N_CLASSES), np.nan, np.float32),
+                    "emb": np.zeros((len(b), dim), np.float32), "model": cell_model[b.start : b.stop].copy()}
+
+        def on_batch(batch, buf):
+            b = batch.block
+            if len(batch.skipped):
+                buf["model"][batch.skipped - b.start] = -1
+                summary.cells_skipped += len(batch.skipped)
+                progress.advance(task, len(batch.skipped))
+            if len(batch.rows):
+                probs, emb = predict_views(fold_models[batch.key].model, batch.x, views, dev, amp)
+                buf["probs"][batch.rows - b.start] = probs
+                buf["emb"][batch.rows - b.start] = emb
+                progress.advance(task, len(batch.rows))
+                summary.cells_labelled += len(batch.rows)
+
+        def write(b, buf):
+            write_block(store, run, b.start, buf["probs"], buf["emb"], buf["model"])
             summary.blocks_done += 1
-            continue
-        left[b.index] = len(folds_here)
-        for f in folds_here:
-            rows = b.start + np.flatnonzero(m == f)
-            size = fold_models[f].img_size
-            units.append(CropUnit(rows, work_size=size, out_size=size, tag=(b, f)))
-    progress = progress or NullProgress()
-    task = add_task(progress, f"pseudolabel {run}", sum(len(u.rows) for u in units), unit="cell",
-                    info=f"{len(fold_models)} model(s), {len(views)} views, {dev}")
-    for fm in fold_models.values():
-        fm.model.to(dev).eval()
-    pending: dict[int, dict] = {}
-    try:
-        if units:
-            ds = CellBatches(store.path, units, TileFill(), batch_size)
-            loader = make_loader(ds, workers=min(workers, len(units)), pin_memory=dev.type == "cuda")
-            for batch in loader:
-                unit = units[batch["unit"]]
-                b, f = unit.tag
-                buf = pending.get(b.index)
-                if buf is None:
-                    m = cell_model[b.start : b.stop]
-                    buf = pending[b.index] = {
-                        "probs": np.full((len(b), N_CLASSES), np.nan, np.float32),
-                        "emb": np.zeros((len(b), dim), np.float32),
-                        "model": m.copy(),
-                    }
-                rows = batch["rows"].numpy()
-                skipped = batch["skipped"].numpy()
-                if len(skipped):
-                    buf["model"][skipped - b.start] = -1
-                    summary.cells_skipped += len(skipped)
-                    progress.advance(task, len(skipped))
-                for problem in batch["problems"]:
-                    if len(summary.problems) < MAX_PROBLEMS and problem not in summary.problems:
-                        summary.problems.append(problem)
-                if len(rows):
-                    probs, emb = predict_views(fold_models[f].model, batch["x"], views, dev, amp)
-                    buf["probs"][rows - b.start] = probs
-                    buf["emb"][rows - b.start] = emb
-                    progress.advance(task, len(rows))
-                    summary.cells_labelled += len(rows)
-                if batch["end"]:
-                    left[b.index] -= 1
-                    if left[b.index] == 0:
-                        write_block(store, run, b.start, buf["probs"], buf["emb"], buf["model"])
-                        work.mark_done(b)
-                        summary.blocks_done += 1
-                        del pending[b.index]
-    except BaseException:
-        stage.finish("failed", **summary.as_dict())
-        raise
-    finally:
-        for fm in fold_models.values():
-            fm.model.to("cpu")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    summary.complete = work.all_done()
-    stage.finish("done" if summary.complete else "running", **summary.as_dict())
+
+        stage.summary = lambda: {**summary.as_dict(), "problems": list(loop.problems)}
+        with on_device([fm.model for fm in fold_models.values()], dev):
+            loop.run(work, new_buffer, on_batch, write)
+        summary.problems = list(loop.problems)
+        close_run(stage, summary, work)
     return summary
 
 
-__all__ = ["PseudolabelSummary", "assign_models", "expand_model_paths", "predict_views", "run_key", "run_pseudolabel"]
+__all__ = ["PseudolabelSummary", "assign_models", "load_fold_models", "run_key", "run_pseudolabel"]

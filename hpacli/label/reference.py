@@ -1,6 +1,7 @@
 """The faithful reference of ``graph-l1``: what the original computed, the slow way.
 
-* exact k-NN by numpy brute force in float64 (no faiss, no sklearn);
+* exact k-NN by numpy brute force in float64 (no faiss, no sklearn), ``k`` counting the
+  cell itself as the seed's ``include_self=True`` graph (k − 1 other cells);
 * the symmetrised connectivity and the normalised Laplacian as a dense matrix, its
   smallest eigenpairs by a dense symmetric eigensolver (LAPACK);
 * the A-step by ADMM basis-pursuit de-noising, 1000 iterations per column from zero,
@@ -88,7 +89,9 @@ def reference_objective(y, a, v, w, y0, lam, gamma) -> float:
     return total
 
 
-def reference_alternate(v, w, y0, lam, gamma, rtol, stop_frac, max_iter, admm_iters):
+def reference_alternate(v, w, y0, lam, gamma, rtol, stop_frac, max_iter, admm_iters, tol=None):
+    """Alternate until no entry moves by more than ``tol``, or (``tol`` None/0) by the seed's
+    rule: ``stop_frac`` of the entries moved by at most ``rtol`` of their old value."""
     y = y0.copy()
     history = []
     it = 0
@@ -97,10 +100,11 @@ def reference_alternate(v, w, y0, lam, gamma, rtol, stop_frac, max_iter, admm_it
         it += 1
         a = admm_a_step(v, y, w, lam, admm_iters)
         y_new = y_step_cases(v @ a, y0, gamma)
-        stable = np.mean(np.abs(y_new - y) <= rtol * np.abs(y))
+        moved = np.abs(y_new - y)
+        stop = moved.max() <= tol if tol else np.mean(moved <= rtol * np.abs(y)) >= stop_frac
         y = y_new
         history.append(reference_objective(y, a, v, w, y0, lam, gamma))
-        if stable >= stop_frac:
+        if stop:
             break
     return y, a, it, history
 
@@ -120,7 +124,7 @@ class ReferenceResult:
 
 def reference_denoise(embeddings, y_init, k: int = 200, n_eig: int = 50, lam: float = 0.001, gamma: float = 0.12,
                       rtol: float = 0.01, stop_frac: float = 0.999, max_iter: int = 1000,
-                      admm_iters: int = 1000) -> ReferenceResult:
+                      admm_iters: int = 1000, tol: float | None = 1e-6) -> ReferenceResult:
     x = np.asarray(embeddings, dtype=np.float64)
     if len(x) > MAX_N:
         raise InputError(f"the reference is dense (N² memory); at most {MAX_N} cells, got {len(x)}")
@@ -137,6 +141,7 @@ def reference_denoise(embeddings, y_init, k: int = 200, n_eig: int = 50, lam: fl
     seconds["eigsh"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     y0 = np.asarray(y_init, dtype=np.float64)
-    y, a_opt, n_iter, history = reference_alternate(v, w, y0, lam, gamma, rtol, stop_frac, max_iter, admm_iters)
+    y, a_opt, n_iter, history = reference_alternate(v, w, y0, lam, gamma, rtol, stop_frac, max_iter, admm_iters,
+                                                    tol)
     seconds["solver"] = time.perf_counter() - t0
     return ReferenceResult(y, a_opt, w, v, idx, n_iter, history[-1], seconds, history)

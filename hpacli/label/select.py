@@ -81,12 +81,15 @@ def known_positives(y_init, cls: int = MITOTIC_SPINDLE, positive_at: float = 0.5
 
 
 def neighbour_hits(knn_indices: np.ndarray, positives: np.ndarray, k: int | None = None) -> np.ndarray:
-    """How often each cell appears among the first ``k`` neighbours of the ``positives``."""
+    """How often each cell appears among the ``k`` nearest *other* cells of the ``positives``
+    (the stored lists never hold the cell itself, so a positive does not count as its own hit;
+    the graph's k counts the cell, so at most k − 1 others are stored)."""
     knn_indices = np.asarray(knn_indices)
     n = knn_indices.shape[0]
     k = knn_indices.shape[1] if k is None else int(k)
     if not 1 <= k <= knn_indices.shape[1]:
-        raise HpaError(f"--neighbours must be 1..{knn_indices.shape[1]} (the graph's k), got {k}")
+        raise HpaError(f"--neighbours must be 1..{knn_indices.shape[1]} (the stored other cells: the de-noising "
+                       f"graph's k = {knn_indices.shape[1] + 1} counts the cell itself), got {k}")
     neigh = knn_indices[np.asarray(positives, dtype=np.int64), :k].reshape(-1)
     return np.bincount(neigh, minlength=n)
 

@@ -70,13 +70,12 @@ def convert_bestfitting_state_dict(
 
 
 def read_bestfitting(path: str | Path, num_classes: int = 19, trunk_prefix: str = "trunk.") -> tuple[dict, list[str]]:
-    """Load a bestfitting ``final.pth`` (``weights_only=True``) and convert it."""
+    """Load a bestfitting ``final.pth`` (through :func:`.weightfile.load_weights`: byte check,
+    then ``weights_only=True``) and convert it."""
     from ..errors import InputError
+    from .weightfile import load_weights
 
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"cannot read {path} as a checkpoint: {exc}") from None
+    obj = load_weights(path, map_location="cpu")
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not is_bestfitting_state_dict(sd):
         raise InputError(f"{path} is not a bestfitting DenseNet121 checkpoint (no backbone.features.* and logit.*)")

@@ -12,8 +12,6 @@ head keeps the names of the previous competition's checkpoints (``bn1``, ``fc1``
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -38,7 +36,6 @@ class DenseNetHPA(nn.Module):
             from ..errors import HpaError
 
             raise HpaError("hpacli never downloads weights; pass a local checkpoint with --init-from PATH")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import timm
 
         self.config = {

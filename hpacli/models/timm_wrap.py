@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -26,7 +24,6 @@ class Normalize(nn.Module):
 class TimmClassifier(nn.Module):
     def __init__(self, name: str, num_classes: int = 19, in_chans: int = 4, pretrained: bool = False, **kwargs) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import timm
 
         if pretrained:
@@ -52,3 +49,10 @@ class TimmClassifier(nn.Module):
 
 def num_classes_positive(model: nn.Module) -> bool:
     return getattr(model, "num_classes", 0) > 0
+
+
+def timm_model_names() -> list[str]:
+    """Every timm model name (imports timm, hence torch)."""
+    import timm
+
+    return list(timm.list_models())

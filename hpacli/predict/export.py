@@ -4,7 +4,8 @@
   label image), ``r0, c0, r1, c1`` (bbox at the original resolution, end exclusive),
   ``area`` (pixels at the original resolution), the 19 probabilities (one column per
   class name), ``top_class``, ``top_label`` (name) and ``top_prob``. CSV, or Parquet for
-  a ``.parquet`` path (needs pyarrow).
+  a ``.parquet`` path (needs pyarrow: the ``hpacli[parquet]`` extra); any other extension
+  is refused (:func:`export_format`, which ``hpa predict`` calls before predicting).
 * :func:`write_overlays`: per image a PNG: RGB composite with cell (white) and nucleus
   (cyan) outlines (``hpa segment``'s preview) and, on each cell, its top labels.
 """
@@ -57,17 +58,37 @@ def prediction_frame(store, predictions: str = "default", images=None):
     return pd.DataFrame(data, columns=list(TABLE_COLUMNS))
 
 
-def export_table(store, path, predictions: str = "default") -> int:
-    """Write the per-cell table (CSV, or Parquet for ``*.parquet``); returns the row count."""
-    path = Path(path)
-    df = prediction_frame(store, predictions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() in (".parquet", ".pq"):
+EXPORT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+PARQUET_HINT = ("`pipx inject hpacli pyarrow` (a pipx install), or `pip install 'hpacli[parquet]'`; "
+                "or export to .csv")
+
+
+def export_format(path) -> str:
+    """'csv' or 'parquet' for an export path; checked before any work is done: an unknown
+    extension, or Parquet without pyarrow, is an :class:`InputError` that says what to do."""
+    suffix = Path(path).suffix.lower()
+    fmt = EXPORT_FORMATS.get(suffix)
+    if fmt is None:
+        raise InputError(f"--export {path}: unknown export format {suffix or '(no extension)'!s}; "
+                         f"use .csv, or .parquet (with pyarrow)")
+    if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise InputError(f"{path}: Parquet needs pyarrow (pip install pyarrow); or export to .csv") from None
+            raise InputError(f"--export {path}: Parquet needs pyarrow: {PARQUET_HINT}") from None
+    return fmt
+
+
+def export_table(store, path, predictions: str = "default") -> int:
+    """Write the per-cell table (CSV, or Parquet for ``*.parquet``/``*.pq``); returns the row count."""
+    from ..outpaths import check_out_file
+
+    fmt = export_format(path)
+    path = check_out_file(path, "--export")
+    df = prediction_frame(store, predictions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "parquet":
         df.to_parquet(tmp, index=False)
     else:
         df.to_csv(tmp, index=False, float_format="%.6g")
@@ -84,16 +105,19 @@ def top_labels(probs: np.ndarray, k: int = 2, min_prob: float = 0.3) -> list[tup
 
 def write_overlays(store, out_dir, predictions: str = "default", n: int = 8, images=None,
                    min_side: int = 512) -> list[Path]:
-    """PNG overlays for the first ``n`` predicted images (or the given image indices)."""
+    """PNG overlays for the first ``n`` predicted images (or the given image indices), named
+    from the image IDs made safe (:func:`hpacli.outpaths.safe_file_name`): always inside
+    ``out_dir``, whatever the IDs hold."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from ..outpaths import check_out_dir, safe_file_name
     from ..segment.stage import overlay_png
     from ..store import predictions as P
     from ..store.cells import CellTable
     from ..store.segmentation import read_labels
 
     P.check_current(store, predictions)
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, "--overlay-dir")
     probs = P.read_probs(store, predictions)
     cells = CellTable(store)
     image = cells.column("image")
@@ -111,7 +135,7 @@ def write_overlays(store, out_dir, predictions: str = "default", n: int = 8, ima
         nuc, lab = read_labels(store, i)
         if lab.size == 0:
             continue
-        path = out_dir / f"{ids[i]}.png"
+        path = out_dir / safe_file_name(ids[i], ".png")
         overlay_png(store.images.read_image(i), nuc, lab, path)
         im = Image.open(path).convert("RGB")
         f = max(1, int(np.ceil(min_side / max(im.size))))

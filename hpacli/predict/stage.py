@@ -2,7 +2,7 @@
 
 Each cell is predicted alone (its masked bbox crop, other cells zeroed: ``hpacli.data.crops``)
 by the cell-level models (mean over the models, e.g. the folds), each averaged over the
-test-time views (:mod:`hpacli.predict.tta`); optionally blended with an image-level model
+test-time views (:mod:`hpacli.data.views`, through the shared engine :mod:`hpacli.infer`); optionally blended with an image-level model
 applied to the same masked crop (tile-filled at its input scale, as in pseudo-labelling):
 ``p = (1 - blend) * p_cells + blend * p_image``. The Negative column is then set by the
 rule ``negative``: ``max`` 1 - max over the other 18 classes (the solution's choice),
@@ -23,18 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import N_CLASSES, NEGATIVE
-from ..data.crops import CellBatches, CellInput, CropUnit, TileFill, make_loader
+from ..data.crops import CellInput, TileFill
+from ..data.views import DEFAULT_TTA, check_tta
 from ..errors import HpaError, InputError
-from ..label.pseudolabel import CPU_MICRO_BATCH, expand_model_paths, resolve_device
+from ..infer.blocks import BlockLoop, close_run, on_device
+from ..infer.device import resolve_device
+from ..infer.forward import autocast, micro_batch_for, to_input, use_amp, view_average
+from ..infer.models import expand_model_paths, file_record
 from ..progress import NullProgress, add_task
 from ..store import Shard, begin_stage
 from ..store import predictions as P
 from ..store.work import BlockWork
-from .tta import DEFAULT_TTA, apply_view, check_tta
+from ..summary import Summary
 
 NEGATIVE_RULES = ("max", "independence", "model")
 SPLITS = ("test", "dev", "train", "all")
-MAX_PROBLEMS = 1000
 
 
 @dataclass
@@ -47,21 +50,20 @@ class ModelSpec:
     work_size: int | None  # resolution the crop is cut at (None: original)
     fit: str  # cell models: "resize" | "pad"; image models: "tile"
     model: object = None
+    trained_on: list | None = None  # image ids it trained on (None: the checkpoint does not say)
 
     @property
     def input_key(self) -> tuple:
         return (self.kind, self.size, self.work_size, self.fit)
 
     def record(self) -> dict:
-        import os
-
-        st = os.stat(self.path)
+        f = file_record(self.path)
         return {"path": self.path, "kind": self.kind, "size": self.size, "work_size": self.work_size,
-                "fit": self.fit, "bytes": int(st.st_size), "mtime": int(st.st_mtime)}
+                "fit": self.fit, "bytes": f["bytes"], "mtime": f["mtime"]}
 
 
 @dataclass
-class PredictSummary:
+class PredictSummary(Summary):
     name: str
     cells_total: int = 0
     cells_selected: int = 0  # cells of the chosen images
@@ -75,38 +77,22 @@ class PredictSummary:
     problems: list[str] = field(default_factory=list)
     device: str = "cpu"
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 # ---------------------------------------------------------------------------- models
 
 
-def _train_meta(path: str) -> dict:
-    """The checkpoint's training settings (``train_config.extra`` over ``train_config``)."""
-    from ..train.checkpoint import read_checkpoint
-
-    obj = read_checkpoint(path)
-    obj = obj if isinstance(obj, dict) else {}
-    meta: dict = {}
-    tc = obj.get("train_config") if isinstance(obj.get("train_config"), dict) else {}
-    for sub in (obj.get("config"), tc, tc.get("extra")):
-        if isinstance(sub, dict):
-            meta.update({k: v for k, v in sub.items() if v is not None})
-    return meta
-
-
 def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
     """A cell-level model (``hpa train-cell``) with the crop geometry it was trained with
-    (``train_config.extra.cell_input``: ``size``, ``work_size`` — None for the original
+    (its checkpoint's ``cell_input``: ``size``, ``work_size`` — None for the original
     resolution — and ``fit``); ``crop_size`` overrides the size (for checkpoints that do
     not record it)."""
-    from ..train.checkpoint import load_model
+    from ..models.checkpoint import load
 
-    meta = _train_meta(path)
-    if meta.get("stage") == "train-image":
+    loaded = load(path, "cpu")
+    info, meta = loaded.info, loaded.info.meta
+    if info.stage == "train-image":
         raise InputError(f"{path} is an image-level model (hpa train-image); pass it with --image-model")
-    geo = meta.get("cell_input") if isinstance(meta.get("cell_input"), dict) else {}
+    geo = info.cell_input or {}
     size = crop_size or geo.get("size") or meta.get("crop_size") or meta.get("img_size")
     if not size:
         raise InputError(f"{path}: the checkpoint does not record its crop size; pass --crop-size")
@@ -114,36 +100,35 @@ def load_cell_model(path: str, crop_size: int | None = None) -> ModelSpec:
     if fit not in ("resize", "pad"):
         raise InputError(f"{path}: unknown crop fit {fit!r} in the checkpoint")
     work = geo.get("work_size", meta.get("work_size"))
-    model, _ = load_model(path, device="cpu")
-    return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, model)
+    return ModelSpec(str(Path(path).resolve()), "cell", int(size), int(work) if work else None, fit, loaded.model,
+                     info.trained_images)
 
 
 def load_image_model(path: str) -> ModelSpec:
     """An image-level model (``hpa train-image``) applied to cells: the crop at its input
     scale, tile-filled to its input square (as ``hpa pseudolabel`` does)."""
-    from ..train.checkpoint import load_model
+    from ..models.checkpoint import load
 
-    meta = _train_meta(path)
-    size = meta.get("img_size")
+    loaded = load(path, "cpu")
+    size = loaded.info.img_size
     if not size:
         raise InputError(f"{path}: the checkpoint does not record its image size; pass one written by `hpa train-image`")
-    model, _ = load_model(path, device="cpu")
-    return ModelSpec(str(Path(path).resolve()), "image", int(size), int(size), "tile", model)
+    return ModelSpec(str(Path(path).resolve()), "image", int(size), int(size), "tile", loaded.model,
+                     loaded.info.trained_images)
+
+
+def check_not_trained_on(store, specs, selected_images: np.ndarray) -> None:
+    """HpaError when a model trained on an image whose cells it would predict (its record
+    in the checkpoint, ``hpacli.models.trained_on``; models without a record are not checked)."""
+    from ..models.trained_on import check_no_leak
+
+    ids = store.images.ids()[np.asarray(selected_images, dtype=bool)].tolist()
+    for s in specs:
+        check_no_leak(s.path, s.trained_on, ids, "predict",
+                      "Predict images no model trained on (--split test), or use models trained without them")
 
 
 # ---------------------------------------------------------------------------- inference
-
-
-def tta_probs(model, x, views, micro_batch: int):
-    """Sigmoid of ``model`` averaged over ``views`` for float ``x`` [B, 4, S, S] (0..1)."""
-    import torch
-
-    out = torch.zeros((len(x), N_CLASSES), device=x.device)
-    for v in views:
-        xv = apply_view(x, v).contiguous()
-        for a in range(0, len(x), micro_batch):
-            out[a:a + micro_batch] += torch.sigmoid(model(xv[a:a + micro_batch]).float())
-    return out / float(len(views))
 
 
 def apply_negative(probs: np.ndarray, rule: str = "max") -> np.ndarray:
@@ -162,26 +147,6 @@ def apply_negative(probs: np.ndarray, rule: str = "max") -> np.ndarray:
     return out
 
 
-class _MixedBatches(CellBatches):
-    """CellBatches whose transform depends on the unit (``tag[1]`` = the input key)."""
-
-    def __init__(self, store_path, units, transforms: dict, batch_size: int) -> None:
-        super().__init__(store_path, units, TileFill(), batch_size)
-        self.transforms = transforms
-
-    def iter_unit(self, k, rng):
-        self.transform = self.transforms[self.units[k].tag[1]]
-        yield from super().iter_unit(k, rng)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 # ---------------------------------------------------------------------------- segmentation
 
 
@@ -193,30 +158,28 @@ def ensure_segmented(store, segmenter: str | None = None, segmenter_kw: dict | N
     (other shards still segmenting)."""
     from ..segment.stage import run_segment
     from ..store import segmentation as seg
+    from ..store.cells import covers
 
     n = store.images.n
     if n == 0:
         raise InputError(f"the store {store.path} has no images; pass --images DIR or run `hpa ingest` first")
     counts = seg.n_cells(store)
-
-    def table_ok() -> bool:
-        return store.has("cells/offsets") and int(store.attrs("cells").get("n_images", -1)) == n
-
-    if not (counts == seg.NOT_DONE).any() and table_ok():
+    if not (counts == seg.NOT_DONE).any() and covers(store, n):
         return 0
-    old = (store.attrs(seg.GROUP).get("provenance") or {}).get("params") or {}
+    old = seg.previous_params(store)
     kw = dict(segmenter_kw or {})
     name = segmenter or old.get("segmenter") or "classical"
     if segmenter is None and not kw:
         kw = {k: v for k, v in old.items() if k not in ("segmenter", "mask_scale", "block_size")}
-    kw.setdefault("mask_scale", old.get("mask_scale"))
-    out = run_segment(store, segmenter=name, shard=shard, device=device, progress=progress, **kw)
-    if not table_ok() or (seg.n_cells(store) == seg.NOT_DONE).any():
+    mask_scale = kw.pop("mask_scale", old.get("mask_scale"))
+    out = run_segment(store, segmenter=name, shard=shard, device=device, progress=progress, mask_scale=mask_scale,
+                      options=kw)
+    if not covers(store, n) or (seg.n_cells(store) == seg.NOT_DONE).any():
         raise HpaError(
             "segmentation of the new images is not complete yet (other shards are still segmenting); "
             "run `hpa segment` to finish it, then `hpa predict` again"
         )
-    return int(out.get("processed", 0))
+    return int(out.processed)
 
 
 def folder_candidates(folder) -> list:
@@ -276,10 +239,7 @@ def run_predict(
     blend: float = 0.0,
     tta=DEFAULT_TTA,
     negative: str = "max",
-    shard: Shard = Shard(),
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
+    shard: Shard = Shard(), batch_size: int = 16, device: str = "auto", workers: int = 2,  # the engine's
     progress=None,
     *,
     split: str = "test",
@@ -319,9 +279,12 @@ def run_predict(
     image_spec = image_specs[0] if image_specs else None
     w_image = 1.0 if not specs else (float(blend) if image_spec else 0.0)
     dev = resolve_device(device)
-    amp = dev.type == "cuda"
+    amp = use_amp(dev)
 
     summary = PredictSummary(name=name, device=str(dev))
+    chosen = select_images(store, split)
+    all_specs = specs + image_specs
+    check_not_trained_on(store, all_specs, chosen)  # before any work: segmenting new images takes long
     summary.images_segmented = ensure_segmented(store, segmenter, segmenter_kw, shard, device, progress)
 
     cells = CellTable(store)
@@ -329,8 +292,7 @@ def run_predict(
     cell_image = cells.column("image")
     cell_id = cells.column("cell_id")
     cell_bbox = cells.column("bbox")
-    selected = select_images(store, split)[cell_image] if n_cells else np.zeros(0, dtype=bool)
-    all_specs = specs + image_specs
+    selected = chosen[cell_image] if n_cells else np.zeros(0, dtype=bool)
     settings = {
         "models": [s.record() for s in specs],
         "image_model": (None if not image_specs else image_specs[0].record() if len(image_specs) == 1
@@ -339,116 +301,89 @@ def run_predict(
     }
     key, carried = P.prepare(store, name, n_cells, settings, block=block, overwrite=overwrite)
     params = {**settings, "batch_size": batch_size, "shard": str(shard)}
-    stage = begin_stage(store, key, "predict", params)
-    work = BlockWork(store, key, n_cells, block)
-    todo = work.todo(shard)
-    summary.cells_total = n_cells
-    summary.cells_selected = int(selected.sum())
-    summary.blocks_total = work.n_blocks
+    work = BlockWork(store, key, n_cells, block)  # another block size: refused before the stage starts
+    with begin_stage(store, key, "predict", params) as stage:
+        summary.cells_total = n_cells
+        summary.cells_selected = int(selected.sum())
+        summary.blocks_total = work.n_blocks
 
-    def carried_probs(r: int):
-        return carried.get((int(cell_image[r]), int(cell_id[r]), *map(int, cell_bbox[r]))) if carried else None
+        def carried_probs(r: int):
+            return carried.get((int(cell_image[r]), int(cell_id[r]), *map(int, cell_bbox[r]))) if carried else None
 
-    groups: dict[tuple, list[ModelSpec]] = {}
-    for s in all_specs:
-        groups.setdefault(s.input_key, []).append(s)
-    transforms = {k: (TileFill() if k[0] == "image" else CellInput(fit=k[3])) for k in groups}
-
-    units: list[CropUnit] = []
-    left: dict[int, int] = {}
-    base: dict[int, np.ndarray] = {}  # block -> probs of carried/unselected rows
-    need: dict[int, np.ndarray] = {}  # block -> rows to predict
-    for b in todo:
-        probs = np.full((len(b), N_CLASSES), np.nan, np.float32)
-        rows = []
-        for r in range(b.start, b.stop):
-            if not selected[r]:
-                continue
-            old = carried_probs(r)
-            if old is not None:
-                probs[r - b.start] = old
-                summary.cells_carried += 1
-            else:
-                rows.append(r)
-        if not rows:
-            P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
-                          cell_bbox[b.start:b.stop])
-            work.mark_done(b)
-            summary.blocks_done += 1
-            continue
-        base[b.index] = probs
-        need[b.index] = np.asarray(rows, dtype=np.int64)
-        left[b.index] = len(groups)
-        for k, grp in groups.items():
-            units.append(CropUnit(need[b.index], work_size=grp[0].work_size, out_size=grp[0].size, tag=(b, k)))
-
-    progress = progress or NullProgress()
-    n_todo = sum(len(r) for r in need.values())
-    task = add_task(progress, f"predict {name}", n_todo, unit="cell",
-                    info=f"{len(specs)} cell model(s)"
-                         f"{f' + {len(image_specs)} image model(s)' if image_specs else ''}, "
-                         f"{len(views)} view(s), {dev}")
-    for s in all_specs:
-        s.model.to(dev).eval()
-    micro = CPU_MICRO_BATCH if dev.type == "cpu" else batch_size
-    pending: dict[int, dict] = {}
-    try:
-        if units:
-            ds = _MixedBatches(store.path, units, transforms, batch_size)
-            loader = make_loader(ds, workers=min(workers, len(units)), pin_memory=dev.type == "cuda")
-            ctx = torch.autocast(device_type=dev.type, dtype=torch.float16) if amp else _null()
-            for batch in loader:
-                b, k = units[batch["unit"]].tag
-                buf = pending.get(b.index)
-                if buf is None:
-                    buf = pending[b.index] = {
-                        "cell": np.zeros((len(b), N_CLASSES), np.float64),
-                        "image": np.zeros((len(b), N_CLASSES), np.float64),
-                        "skipped": np.zeros(len(b), dtype=bool),
-                    }
-                skipped = batch.get("skipped")
-                if skipped is not None and len(skipped):
-                    s_rows = skipped.numpy()
-                    if not buf["skipped"][s_rows - b.start].any():
-                        summary.cells_skipped += len(s_rows)
-                        progress.advance(task, len(s_rows))
-                    buf["skipped"][s_rows - b.start] = True
-                for problem in batch.get("problems") or []:
-                    if len(summary.problems) < MAX_PROBLEMS and problem not in summary.problems:
-                        summary.problems.append(problem)
-                rows = batch["rows"].numpy()
-                if len(rows):
-                    x = batch["x"].to(dev, non_blocking=True).float().div_(255.0)
-                    with torch.inference_mode(), ctx:
-                        for spec in groups[k]:
-                            p = tta_probs(spec.model, x, views, micro).cpu().numpy()
-                            buf[spec.kind][rows - b.start] += p
-                    if k == next(iter(groups)):  # count each cell once (first input group)
-                        progress.advance(task, len(rows))
-                        summary.cells_predicted += len(rows)
-                if batch["end"]:
-                    left[b.index] -= 1
-                    if left[b.index] == 0:
-                        _finish_block(store, name, work, b, buf, base.pop(b.index), need.pop(b.index),
-                                      len(specs), w_image, negative, cell_image, cell_id, cell_bbox,
-                                      len(image_specs))
-                        summary.blocks_done += 1
-                        del pending[b.index]
-    except BaseException:
-        stage.finish("failed", **summary.as_dict())
-        raise
-    finally:
+        # models that take the same input share one crop unit per block
+        groups: dict[tuple, list[ModelSpec]] = {}
         for s in all_specs:
-            s.model.to("cpu")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    summary.complete = work.all_done()
-    stage.finish("done" if summary.complete else "running", **summary.as_dict())
+            groups.setdefault(s.input_key, []).append(s)
+        transforms = {k: (TileFill() if k[0] == "image" else CellInput(fit=k[3])) for k in groups}
+        first_group = next(iter(groups))
+
+        loop = BlockLoop(store.path, batch_size, workers, pin_memory=dev.type == "cuda")
+        base: dict[int, np.ndarray] = {}  # block -> probs of carried/unselected rows
+        need: dict[int, np.ndarray] = {}  # block -> rows to predict
+        for b in work.todo(shard):
+            probs = np.full((len(b), N_CLASSES), np.nan, np.float32)
+            rows = []
+            for r in range(b.start, b.stop):
+                if not selected[r]:
+                    continue
+                old = carried_probs(r)
+                if old is not None:
+                    probs[r - b.start] = old
+                    summary.cells_carried += 1
+                else:
+                    rows.append(r)
+            if not rows:
+                P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
+                              cell_bbox[b.start:b.stop])
+                work.mark_done(b)
+                summary.blocks_done += 1
+                continue
+            base[b.index] = probs
+            need[b.index] = np.asarray(rows, dtype=np.int64)
+            loop.add(b, [(k, need[b.index], grp[0].work_size, grp[0].size, transforms[k]) for k, grp in groups.items()])
+
+        progress = progress or NullProgress()
+        task = add_task(progress, f"predict {name}", loop.n_cells, unit="cell",
+                        info=f"{len(specs)} cell model(s)"
+                             f"{f' + {len(image_specs)} image model(s)' if image_specs else ''}, "
+                             f"{len(views)} view(s), {dev}")
+        micro = micro_batch_for(dev, batch_size)
+
+        def new_buffer(b):
+            return {"cell": np.zeros((len(b), N_CLASSES), np.float64),
+                    "image": np.zeros((len(b), N_CLASSES), np.float64), "skipped": np.zeros(len(b), dtype=bool)}
+
+        def on_batch(batch, buf):
+            b, k = batch.block, batch.key
+            if len(batch.skipped):
+                buf["skipped"][batch.skipped - b.start] = True
+                summary.cells_skipped += len(batch.skipped)
+                progress.advance(task, len(batch.skipped))
+            if len(batch.rows):
+                with torch.inference_mode(), autocast(dev, amp):
+                    x = to_input(batch.x, dev)
+                    for spec in groups[k]:
+                        p, _ = view_average(spec.model, x, views, micro)
+                        buf[spec.kind][batch.rows - b.start] += p.cpu().numpy()
+                if k == first_group:  # count each cell once (first input group)
+                    progress.advance(task, len(batch.rows))
+                    summary.cells_predicted += len(batch.rows)
+
+        def write(b, buf):
+            _write_block(store, name, b, buf, base.pop(b.index), need.pop(b.index), len(specs), w_image, negative,
+                         cell_image, cell_id, cell_bbox, len(image_specs))
+            summary.blocks_done += 1
+
+        stage.summary = lambda: {**summary.as_dict(), "problems": list(loop.problems)}
+        with on_device([s.model for s in all_specs], dev):
+            loop.run(work, new_buffer, on_batch, write)
+        summary.problems = list(loop.problems)
+        close_run(stage, summary, work)
     return summary
 
 
-def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image, negative,
-                  cell_image, cell_id, cell_bbox, n_image_models: int = 1) -> None:
+def _write_block(store, name, b, buf, probs, rows, n_cell_models, w_image, negative,
+                 cell_image, cell_id, cell_bbox, n_image_models: int = 1) -> None:
     local = rows - b.start
     ok = local[~buf["skipped"][local]]
     p = np.zeros((len(ok), N_CLASSES), np.float64)
@@ -459,8 +394,7 @@ def _finish_block(store, name, work, b, buf, probs, rows, n_cell_models, w_image
     probs[ok] = apply_negative(p.astype(np.float32), negative)
     P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
                   cell_bbox[b.start:b.stop])
-    work.mark_done(b)
 
 
-__all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "ensure_segmented", "ingest_folder",
-           "load_cell_model", "load_image_model", "run_predict", "tta_probs"]
+__all__ = ["NEGATIVE_RULES", "ModelSpec", "PredictSummary", "apply_negative", "check_not_trained_on",
+           "ensure_segmented", "ingest_folder", "load_cell_model", "load_image_model", "run_predict"]

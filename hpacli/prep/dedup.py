@@ -24,9 +24,12 @@ Groups are the connected components of the pair graph, named by their smallest m
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from math import comb
 
 import numpy as np
+
+from ..summary import Summary
 
 HASH_BITS = 64
 DEFAULT_THRESHOLD = 12
@@ -305,14 +308,15 @@ def run_dedup(
     workers: int = 2,
     overwrite: bool = False,
     progress=None,
-) -> dict:
+) -> DedupSummary:
     """Hash every image (resumable, in blocks), find duplicate pairs and groups, store them.
 
     ``source``: ``cache`` hashes the pixel cache (a downscale made by ingest; pHash resizes
     to 32×32 anyway, so a cache of 128 px or more gives nearly the same bits as the PNGs,
     at a fraction of the cost), ``png`` the full-resolution PNGs, ``auto`` the cache when
-    the store has one. Test images are hashed too (train/test duplicates are reported).
-    Returns a summary dict.
+    the store has one with every image's row present (else the PNGs). Rows without a
+    cache marker are never hashed: ``cache`` with such rows is refused. Test images are hashed too (train/test duplicates are reported).
+    Returns a :class:`DedupSummary`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -331,22 +335,26 @@ def run_dedup(
     if method not in ("auto", "index", "brute"):
         raise HpaError(f"--method must be auto, index or brute, not {method!r}")
     cache_size = images.cache_size
-    if source == "auto":
-        source = "cache" if cache_size else "png"
-    if source not in ("cache", "png"):
+    if source not in ("auto", "cache", "png"):
         raise HpaError(f"--source must be auto, cache or png, not {source!r}")
+    n_uncached = int((~images.cache_present()).sum()) if cache_size else n
+    if source == "auto":
+        source = "cache" if cache_size and n_uncached == 0 else "png"
     if source == "cache" and not cache_size:
         raise HpaError("the store has no pixel cache; use --source png (or ingest with --cache-size)")
+    if source == "cache" and n_uncached:
+        raise HpaError(
+            f"{n_uncached} of {n} images have no pixels in the store's cache; run `hpa ingest` on the dataset "
+            f"again (it fills the cache), or use --source png"
+        )
+    cache_id = images.cache_id if source == "cache" else None
     if overwrite:
-        store.delete(sd.GROUP)
+        sd.clear(store)
     params = {"threshold": threshold, "source": source, "cache_size": cache_size if source == "cache" else None,
               "method": method}
-    run = begin_stage(store, sd.GROUP, "dedup", params)
     progress = progress or NullProgress()
-    try:
-        hashes_arr, ok_arr, work = sd.ensure_hash_arrays(
-            store, n, HASH_BLOCK, source, cache_size if source == "cache" else None
-        )
+    with begin_stage(store, sd.GROUP, "dedup", params) as run:
+        work = sd.prepare_hashes(store, n, HASH_BLOCK, source, cache_size if source == "cache" else None, cache_id)
         todo = work.todo()
         task = add_task(progress, "hash", sum(len(b) for b in todo), unit="img")
         problems: list[dict] = []
@@ -369,8 +377,7 @@ def run_dedup(
                         rows[k] = h
                         ok[k] = True
                     progress.advance(task)
-                hashes_arr[block.start : block.stop] = rows
-                ok_arr[block.start : block.stop] = ok
+                sd.write_hashes(store, block.start, rows, ok)
                 work.mark_done(block)
         hashes, ok = sd.read_hashes(store)
         hashes, ok = hashes[:n], ok[:n]
@@ -379,36 +386,41 @@ def run_dedup(
         pairs = valid[pairs_v] if len(pairs_v) else np.zeros((0, 2), np.int64)
         group = connected_groups(n, pairs)
         sd.write_dedup_result(store, group, pairs, dist, threshold)
-    except BaseException:
-        run.finish("failed")
-        raise
-    summary = dedup_summary(store, group, pairs)
-    summary["n_unreadable"] = int((~ok).sum())
-    summary["problems"] = problems[:1000]
-    run.finish("done", **summary)
+        summary = dedup_summary(store, group, pairs)
+        summary.source = f"cache ({cache_size}px)" if source == "cache" else "png"
+        summary.n_unreadable = int((~ok).sum())
+        summary.problems = problems[:1000]
+        run.finish("done", **summary.as_dict())
     return summary
 
 
-def dedup_summary(store, group: np.ndarray, pairs: np.ndarray) -> dict:
+@dataclass
+class DedupSummary(Summary):
+    n_images: int = 0
+    n_pairs: int = 0
+    n_groups: int = 0
+    n_images_in_groups: int = 0
+    largest_group: int = 1
+    train_test_pairs: int = 0
+    cross_source_pairs: int = 0
+    source: str = ""
+    n_unreadable: int = 0
+    problems: list = field(default_factory=list)
+
+
+def dedup_summary(store, group: np.ndarray, pairs: np.ndarray) -> DedupSummary:
     df = store.images.df()
     n = len(group)
     sizes = np.bincount(group, minlength=n)
     multi = sizes[sizes > 1]
     split = df["split"].to_numpy()[:n]
     source = df["source"].to_numpy()[:n]
-    out = {
-        "n_images": int(n),
-        "n_pairs": int(len(pairs)),
-        "n_groups": int(len(multi)),
-        "n_images_in_groups": int(multi.sum()),
-        "largest_group": int(multi.max()) if len(multi) else 1,
-        "train_test_pairs": 0,
-        "cross_source_pairs": 0,
-    }
+    out = DedupSummary(n_images=int(n), n_pairs=int(len(pairs)), n_groups=int(len(multi)),
+                       n_images_in_groups=int(multi.sum()), largest_group=int(multi.max()) if len(multi) else 1)
     if len(pairs):
         a, b = pairs[:, 0], pairs[:, 1]
-        out["train_test_pairs"] = int(((split[a] == "test") != (split[b] == "test")).sum())
-        out["cross_source_pairs"] = int((source[a] != source[b]).sum())
+        out.train_test_pairs = int(((split[a] == "test") != (split[b] == "test")).sum())
+        out.cross_source_pairs = int((source[a] != source[b]).sum())
     return out
 
 
@@ -432,7 +444,9 @@ def _rgb_thumb(store, index: int, size: int) -> np.ndarray:
     from PIL import Image
 
     images = store.images
-    px = images.read_cache(index) if images.cache_size else images.read_image(index)
+    px = images.try_read_cache(index)
+    if px is None:
+        px = images.read_image(index)
     rgb = np.ascontiguousarray(np.transpose(px[:3], (1, 2, 0)))
     return np.asarray(Image.fromarray(rgb, mode="RGB").resize((size, size), Image.BILINEAR))
 

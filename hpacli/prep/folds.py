@@ -23,12 +23,33 @@ seeded random fold and the remainders of all images spread evenly in expectation
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..classes import CLASS_NAMES, N_CLASSES, NEGATIVE
+from ..summary import Summary
 
 DUPLICATE_MODES = ("group", "drop", "ignore")
 NEGATIVE_MODES = ("all", "obvious")
+
+
+@dataclass
+class FoldSummary(Summary):
+    n_images: int = 0
+    in_folds: int = 0
+    dropped_duplicates: int = 0
+    excluded_negatives: int = 0
+    test_or_unlabelled: int = 0
+    distribution: list = field(default_factory=list)
+
+
+@dataclass
+class CellFoldSummary(Summary):
+    n_cells: int = 0
+    in_folds: int = 0
+    cells_per_fold: list = field(default_factory=list)
+    single_cell_images: int = 0
 
 
 def stratify_folds(y: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
@@ -133,7 +154,7 @@ def run_fold(
     name: str = "default",
     duplicates: str = "group",
     negatives: str = "all",
-) -> dict:
+) -> FoldSummary:
     """Image folds into ``folds/images/<name>``; returns a summary with the distribution."""
     from ..errors import HpaError
     from ..store import begin_stage
@@ -168,26 +189,22 @@ def run_fold(
     key = image_folds_key(name)
     params = {"n_splits": n_splits, "seed": seed, "duplicates": duplicates, "negatives": negatives,
               "stratify": "19 labels + public-image column", "n_images": int(images.n)}
-    run = begin_stage(store, key, "fold", params)
-    try:
+    with begin_stage(store, key, "fold", params) as run:
         write_image_folds(store, fold, name)
-    except BaseException:
-        run.finish("failed")
-        raise
-    dist = distribution(labels, fold, n_splits)
-    summary = {
-        "n_images": int(images.n),
-        "in_folds": int((fold >= 0).sum()),
-        "dropped_duplicates": int((eligible & (fold < 0)).sum()),
-        "excluded_negatives": excluded_negatives,
-        "test_or_unlabelled": int((~((df["split"].to_numpy() == "train") & df["labelled"].to_numpy())).sum()),
-        "distribution": dist,
-    }
-    run.finish("done", **summary)
+        dist = distribution(labels, fold, n_splits)
+        summary = FoldSummary(
+            n_images=int(images.n),
+            in_folds=int((fold >= 0).sum()),
+            dropped_duplicates=int((eligible & (fold < 0)).sum()),
+            excluded_negatives=excluded_negatives,
+            test_or_unlabelled=int((~((df["split"].to_numpy() == "train") & df["labelled"].to_numpy())).sum()),
+            distribution=dist,
+        )
+        run.finish("done", **summary.as_dict())
     return summary
 
 
-def run_cell_folds(store, *, n_splits: int = 3, seed: int = 42, name: str = "default") -> dict:
+def run_cell_folds(store, *, n_splits: int = 3, seed: int = 42, name: str = "default") -> CellFoldSummary:
     """Cell folds into ``folds/cells/<name>`` (aligned with the cells table)."""
     from ..store import begin_stage
     from ..store.cells import CellTable
@@ -205,16 +222,11 @@ def run_cell_folds(store, *, n_splits: int = 3, seed: int = 42, name: str = "def
     fold = cell_folds(offsets, eligible, n_splits, seed)
     key = cell_folds_key(name)
     params = {"n_splits": n_splits, "seed": seed, "table_id": cells.table_id}
-    run = begin_stage(store, key, "fold-cells", params)
-    try:
-        write_cell_folds(store, fold, name)
-        store.update_attrs(key, {"table_id": cells.table_id})
-    except BaseException:
-        run.finish("failed")
-        raise
-    per_fold = [int((fold == k).sum()) for k in range(n_splits)]
-    counts = np.diff(offsets)
-    summary = {"n_cells": int(len(fold)), "in_folds": int((fold >= 0).sum()), "cells_per_fold": per_fold,
-               "single_cell_images": int(((counts == 1) & eligible).sum())}
-    run.finish("done", **summary)
+    with begin_stage(store, key, "fold-cells", params) as run:
+        write_cell_folds(store, fold, name, table_id=cells.table_id)
+        per_fold = [int((fold == k).sum()) for k in range(n_splits)]
+        counts = np.diff(offsets)
+        summary = CellFoldSummary(n_cells=int(len(fold)), in_folds=int((fold >= 0).sum()), cells_per_fold=per_fold,
+                                  single_cell_images=int(((counts == 1) & eligible).sum()))
+        run.finish("done", **summary.as_dict())
     return summary

@@ -13,14 +13,29 @@ rerun with another ``--threshold`` only recomputes the flags.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..classes import NEGATIVE
+from ..summary import Summary
 
 REFERENCE_SIZE = 2048
 DEFAULT_THRESHOLD = 150.0
 DEFAULT_TOP_K = 10
 BLOCK = 16
+
+
+@dataclass
+class NegativesSummary(Summary):
+    negative_images: int = 0
+    without_cells: int = 0
+    scored_images: int = 0
+    scored_cells: int = 0
+    flagged_cells: int = 0
+    flagged_images: int = 0
+    n_problems: int = 0
+    problems: list = field(default_factory=list)
 
 
 def cell_scores(green: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray, bboxes: np.ndarray,
@@ -55,7 +70,7 @@ def run_negatives(
     workers: int = 2,
     overwrite: bool = False,
     progress=None,
-) -> dict:
+) -> NegativesSummary:
     """Score the cells of every Negative train image and store per-cell and per-image flags."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -72,10 +87,8 @@ def run_negatives(
     if images.n == 0:
         raise HpaError(f"the store {store.path} has no images; run `hpa ingest` first")
     cells = CellTable(store)
-    try:
-        from ..store import segmentation as seg
-    except ImportError:
-        raise HpaError("this hpacli cannot read segmentation results; run `hpa segment` first") from None
+    from ..store import segmentation as seg
+
     offsets = cells.offsets()
     n_images = len(offsets) - 1
     labels = images.labels()[:n_images]
@@ -86,7 +99,6 @@ def run_negatives(
     sn.prepare(store, cells.n, images.n, cells.table_id, work_images, top_k, overwrite=overwrite)
     params = {"threshold": threshold, "top_k": top_k, "reference_size": REFERENCE_SIZE,
               "table_id": cells.table_id}
-    run = begin_stage(store, sn.GROUP, "negatives", params)
     progress = progress or NullProgress()
     cell_id = cells.column("cell_id")
     bbox = cells.column("bbox")
@@ -104,7 +116,7 @@ def run_negatives(
             return i, rows, None, f"label image {lab.shape} does not match the image {green.shape}"
         return i, rows, cell_scores(green, lab, cell_id[rows], bbox[rows], top_k), None
 
-    try:
+    with begin_stage(store, sn.GROUP, "negatives", params) as run:
         work = BlockWork(store, sn.GROUP, len(work_images), BLOCK)
         todo = work.todo()
         task = add_task(progress, "negatives", sum(len(b) for b in todo), unit="img")
@@ -121,22 +133,19 @@ def run_negatives(
                 sn.mark_scored(store, np.asarray(done, dtype=np.int64))
                 work.mark_done(block)
         cell_flag, image_flag = sn.write_flags(store, threshold)
-    except BaseException:
-        run.finish("failed")
-        raise
-    scores = sn.read_scores(store)
-    scored = sn.read_image_scored(store)
-    summary = {
-        "negative_images": int(negative.sum()),
-        "without_cells": int((negative & (counts == 0)).sum()),
-        "scored_images": int(scored.sum()),
-        "scored_cells": int(np.isfinite(scores).sum()),
-        "flagged_cells": int(cell_flag.sum()),
-        "flagged_images": int(image_flag.sum()),
-        "n_problems": len(problems),
-        "problems": problems[:1000],
-    }
-    run.finish("done", **summary)
+        scores = sn.read_scores(store)
+        scored = sn.read_image_scored(store)
+        summary = NegativesSummary(
+            negative_images=int(negative.sum()),
+            without_cells=int((negative & (counts == 0)).sum()),
+            scored_images=int(scored.sum()),
+            scored_cells=int(np.isfinite(scores).sum()),
+            flagged_cells=int(cell_flag.sum()),
+            flagged_images=int(image_flag.sum()),
+            n_problems=len(problems),
+            problems=problems[:1000],
+        )
+        run.finish("done", **summary.as_dict())
     return summary
 
 

@@ -136,7 +136,7 @@ class ClassicalSegmenter:
 
     name = "classical"
 
-    def __init__(self, mask_scale: float | None = None, **_ignored) -> None:
+    def __init__(self, mask_scale: float | None = None) -> None:
         self.mask_scale = mask_scale
 
     def _scale_for(self, h: int, w: int) -> float:

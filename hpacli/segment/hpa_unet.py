@@ -7,6 +7,12 @@ reduced to the network scale (0.25 by default, anti-aliased bilinear), normalise
 (mean (124, 117, 104)/255, std 1/(0.0167·255)), reflect-padded to a multiple of 32 (1728²
 -> 432 -> 448 works), run in batches (bf16 on GPU unless ``precision="fp32"``; fp32 on
 CPU), softmaxed and cropped back.
+
+Options (``hpa segment --segmenter hpa-unet -o key=value``): ``nuclei_model``,
+``cell_model`` (weight files; ``--nuclei-model``/``--cell-model`` are aliases),
+``postprocess`` (``fast``, default, or ``exact``: upstream's full-size steps),
+``author_rules`` (``fast`` only: the seed author's median seed cutoff and small edge
+cells dropped; off by default = upstream's behaviour), ``scale``, ``precision``.
 """
 
 from __future__ import annotations
@@ -37,20 +43,6 @@ def resolve_weights(role: str, path) -> str:
     return str(path)
 
 
-def pick_device(device: str = "auto"):
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    return dev
-
-
 def pad_to_32(x, multiple: int = 32):
     """Reflect-pad a [B, C, H, W] tensor at the bottom/right to a multiple of ``multiple``."""
     import torch.nn.functional as F
@@ -68,12 +60,17 @@ class HpaUnetSegmenter:
 
     def __init__(self, nuclei_model=None, cell_model=None, device: str = "auto", batch_size: int = 4,
                  scale: float = 0.25, postprocess: str = "fast", precision: str = "auto",
-                 models=None, **_ignored) -> None:
+                 author_rules: bool = False, models=None) -> None:
         import torch
 
         if postprocess not in ("fast", "exact"):
-            raise InputError(f"--postprocess must be fast or exact, not {postprocess!r}")
-        self.device = pick_device(device)
+            raise InputError(f"postprocess must be fast or exact, not {postprocess!r}")
+        if author_rules and postprocess != "fast":
+            raise InputError("author_rules=true needs postprocess=fast (exact is upstream's result)")
+        self.author_rules = bool(author_rules)
+        from ..infer.device import resolve_device
+
+        self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.scale = float(scale)
         self.postprocess = postprocess
@@ -143,15 +140,20 @@ class HpaUnetSegmenter:
                 nuc, cells = label_cells_from_maps(maps[0], maps[1], output_size=full, mode="exact")
                 res.append((downsample_labels(nuc, shape), downsample_labels(cells, shape)))
             else:
-                from .postprocess import label_cells_at_map_scale
+                from .postprocess import enlarge_fast_labels, label_cells_at_map_scale
 
-                nuc, cells = label_cells_at_map_scale(maps[0], maps[1], output_size=full)
-                res.append((upsample_labels(nuc, shape), upsample_labels(cells, shape)))
+                nuc, cells = label_cells_at_map_scale(maps[0], maps[1], output_size=full,
+                                                      author_rules=self.author_rules)
+                if tuple(shape) == tuple(full):  # masks at full size: exactly what `fast` gives
+                    res.append(enlarge_fast_labels(nuc, cells, shape))
+                else:
+                    res.append((upsample_labels(nuc, shape), upsample_labels(cells, shape)))
         return res
 
     def segment(self, images):
         images = [np.asarray(i) for i in images]
         res = []
         for img, maps in zip(images, self.predict_maps(images)):
-            res.append(label_cells_from_maps(maps[0], maps[1], output_size=img.shape[1:], mode=self.postprocess))
+            res.append(label_cells_from_maps(maps[0], maps[1], output_size=img.shape[1:], mode=self.postprocess,
+                                             author_rules=self.author_rules))
         return res

@@ -9,21 +9,41 @@ and shardable through :class:`~hpacli.store.BlockWork`; layout in
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HpaError, InputError, StoreError
+from ..outpaths import check_out_dir, safe_file_name
 from ..progress import NullProgress, add_task
-from ..store import BlockWork, Shard, begin_stage
+from ..store import BlockWork, Shard, begin_stage, claim_settings
 from ..store import segmentation as seglayout
+from ..summary import Summary
 
 
-def _segmenter_shapes(seg, images: list[np.ndarray], mask_scale: float | None) -> list[tuple[int, int]]:
-    return [seglayout.mask_shape_for(*img.shape[1:], mask_scale) for img in images]
+@dataclass
+class SegmentSummary(Summary):
+    images: int = 0  # registered images
+    segmented: int = 0  # images with labels (all runs)
+    unreadable: int | None = None  # set once every block is done
+    without_cells: int | None = None
+    cells: int | None = None
+    processed: int = 0  # images segmented by this call
+    cells_found: int = 0
+    seconds: float = 0.0
+    images_per_s: float | None = None
+    problems: list = field(default_factory=list)
+    all_done: bool = False
+    cells_table_rows: int | None = None  # the cells table was built by this call
+    preview_dir: str | None = None
+    previews: int = 0
 
 
 def _run_segmenter(seg, images, shapes):
+    """(nuclei, cells) per image at the mask ``shapes``: the segmenter's ``segment_scaled``
+    when it has one (the optional fast path of the contract), else ``segment`` at full size
+    brought down to the mask shapes."""
     if hasattr(seg, "segment_scaled"):
         return seg.segment_scaled(images, shapes)
     out = []
@@ -31,6 +51,19 @@ def _run_segmenter(seg, images, shapes):
         out.append((seglayout.downsample_labels(np.asarray(nuc), shape),
                     seglayout.downsample_labels(np.asarray(cells), shape)))
     return out
+
+
+def create(segmenter: str, options: dict, device: str = "auto", batch_size: int = 4):
+    """The segmenter ``segmenter`` with its own ``options`` (checked against its factory);
+    ``device`` and ``batch_size`` are passed when the factory takes them."""
+    from ..registry import SEGMENTERS
+
+    SEGMENTERS.check_options(segmenter, options, supplied=("device", "batch_size"))
+    kw = dict(options)
+    for key, value in (("device", device), ("batch_size", batch_size)):
+        if SEGMENTERS.accepts(segmenter, key):
+            kw[key] = value
+    return SEGMENTERS.create(segmenter, **kw)
 
 
 def _tidy(nuc: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +100,37 @@ def default_preview_dir(store) -> Path:
     return store.path.parent / f"{store.path.name}-segment-preview"
 
 
+def file_record(value):
+    """A weight file as it decides the output: its path, size and modification time."""
+    import os
+
+    try:
+        st = os.stat(value)
+    except (OSError, TypeError, ValueError):
+        return str(value)
+    return {"path": str(value), "bytes": int(st.st_size), "mtime": int(st.st_mtime)}
+
+
+def output_settings(segmenter: str, mask_scale, block_size: int, segmenter_kw: dict) -> dict:
+    """Every option that decides the stored masks: two shards (or a resumed run) must agree
+    on all of them. Device and batch size do not change the masks and are left out."""
+    out = {"segmenter": segmenter, "mask_scale": None if mask_scale is None else float(mask_scale),
+           "block_size": int(block_size)}
+    for k, v in sorted(segmenter_kw.items()):
+        if k in ("models", "device", "batch_size", "progress"):
+            continue
+        out[k] = file_record(v) if isinstance(v, Path) or (isinstance(v, str) and k.endswith("_model")) else v
+    return out
+
+
 def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), batch_size: int = 4,
                 device: str = "auto", preview: int = 0, progress=None, *, preview_dir=None,
                 mask_scale: float | None = None, block_size: int = seglayout.BLOCK, overwrite: bool = False,
-                **segmenter_kw) -> dict:
-    """Segment the store's images not segmented yet. Returns a summary dict."""
-    from ..registry import create_segmenter
-
+                options: dict | None = None, **segmenter_kw) -> SegmentSummary:
+    """Segment the store's images not segmented yet. ``options`` (or keyword arguments)
+    are the segmenter's own options (``-o key=value``)."""
     store.require_writable()
+    segmenter_kw = {**(options or {}), **segmenter_kw}
     n = store.images.n
     if n == 0:
         raise StoreError(f"the store {store.path} has no images; run `hpa ingest` first")
@@ -84,50 +140,50 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
         raise InputError("--mask-scale must be in (0, 1]")
     if overwrite and shard.count > 1:
         raise InputError("--overwrite cannot be combined with --shard (start over once, then shard)")
-    old = (store.attrs(seglayout.GROUP).get("provenance") or {}).get("params", {})
+    if block_size < 1:
+        raise InputError("the block size must be at least 1")
+    # everything is checked before anything in the store changes (--overwrite deletes)
+    if preview or preview_dir is not None:
+        preview_dir = check_out_dir(preview_dir or default_preview_dir(store), "--preview-dir")
+    # build the segmenter first: a missing weight file must not leave a stage record behind
+    seg = create(segmenter, segmenter_kw, device, batch_size)
+    kw_plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in segmenter_kw.items() if k != "models"}
+    params = {"segmenter": segmenter, "mask_scale": mask_scale, "block_size": block_size, **kw_plain}
+    settings = output_settings(segmenter, mask_scale, block_size, segmenter_kw)
+    old = seglayout.previous_params(store)
     if overwrite:
-        store.delete(seglayout.GROUP)
-    elif old and bool(np.any(seglayout.n_cells(store) >= 0)) and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
-        raise HpaError(
+        seglayout.clear(store)
+    elif old and not seglayout.has_settings(store) and bool(np.any(seglayout.n_cells(store) >= 0)) \
+            and (old.get("segmenter") != segmenter or old.get("mask_scale") != mask_scale):
+        raise HpaError(  # a store segmented by an hpacli that kept no settings
             f"the store was segmented with --segmenter {old.get('segmenter')} (mask scale "
             f"{old.get('mask_scale') or 'auto'}); continue with the same settings or pass --overwrite"
         )
-    # build the segmenter first: a missing weight file must not leave a stage record behind
-    seg = create_segmenter(segmenter, device=device, batch_size=batch_size, **segmenter_kw)
-    kw_plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in segmenter_kw.items() if k != "models"}
-    params = {"segmenter": segmenter, "mask_scale": mask_scale, "block_size": block_size, **kw_plain}
-    run = begin_stage(store, seglayout.GROUP, "segment", params)
-
-    heights = np.asarray(store.array("images/height")[:n])
-    widths = np.asarray(store.array("images/width")[:n])
+    claim_settings(store, seglayout.GROUP, settings, "the segmentation of this store")
+    # the layout is sized (or refused: masks larger than the stored canvas) before the stage starts
+    heights, widths = store.images.sizes()
     shapes_all = [seglayout.mask_shape_for(int(h), int(w), mask_scale) for h, w in zip(heights, widths)]
     canvas = (max(s[0] for s in shapes_all), max(s[1] for s in shapes_all))
     seglayout.ensure_layout(store, n, canvas, block_size)
     work = BlockWork(store, seglayout.GROUP, n, block_size)
-    counts = seglayout.n_cells(store)
-    done = work.done_mask()
-    todo: list[tuple] = []
-    for b in range(work.n_blocks):
-        if b % shard.count != shard.index:
-            continue
-        blk = work.block(b)
-        if not done[b]:
-            todo.append((blk, list(range(blk.start, blk.stop))))
-        else:
+    with begin_stage(store, seglayout.GROUP, "segment", params) as run:
+        counts = seglayout.n_cells(store)
+        done = work.done_mask()
+        todo: list[tuple] = []
+        for b in range(work.n_blocks):
+            if b % shard.count != shard.index:
+                continue
+            blk = work.block(b)
+            # images whose count is written have their labels (counts are written last)
             missing = [i for i in range(blk.start, blk.stop) if counts[i] == seglayout.NOT_DONE]
-            if missing:
+            if missing or not done[b]:
                 todo.append((blk, missing))
-    total = sum(len(items) for _, items in todo)
-    progress = progress or NullProgress()
-    task = add_task(progress, f"segment [{segmenter}]", total, unit="img")
-    problems: list[dict] = []
-    n_written = 0
-    n_cells_found = 0
-    previews = 0
-    preview_dir = Path(preview_dir) if preview_dir else default_preview_dir(store)
-    t0 = time.perf_counter()
-    ids = store.images.ids() if (todo and preview) else None
-    try:
+        total = sum(len(items) for _, items in todo)
+        progress = progress or NullProgress()
+        task = add_task(progress, f"segment [{segmenter}]", total, unit="img")
+        out = SegmentSummary(images=n)
+        t0 = time.perf_counter()
+        ids = store.images.ids() if (todo and preview) else None
         for blk, items in todo:
             results: dict[int, tuple | None] = {}
             for s in range(0, len(items), batch_size):
@@ -138,7 +194,7 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
                         imgs.append(store.images.read_image(i))
                         ok.append(i)
                     except InputError as exc:
-                        problems.append({"image": int(i), "problem": str(exc)})
+                        out.problems.append({"image": int(i), "problem": str(exc)})
                         results[i] = None
                 if not imgs:
                     continue
@@ -149,38 +205,31 @@ def run_segment(store, segmenter: str = "classical", shard: Shard = Shard(), bat
                         raise HpaError(f"segmenter {segmenter} returned labels of shape {cells.shape} for image {i}, "
                                        f"expected {shapes_all[i]}")
                     results[i] = (nuc, cells)
-                    n_cells_found += int(cells.max())
-                    if previews < preview:
-                        overlay_png(img, nuc, cells, preview_dir / f"{ids[i]}.png")
-                        previews += 1
+                    out.cells_found += int(cells.max())
+                    if out.previews < preview:
+                        overlay_png(img, nuc, cells, preview_dir / safe_file_name(ids[i], ".png"))
+                        out.previews += 1
                 progress.advance(task, len(part))
             seglayout.write_block(store, blk.start, blk.stop, results)
             work.mark_done(blk)
-            n_written += len(results)
-    except BaseException:
-        run.finish("failed")
-        raise
-    elapsed = time.perf_counter() - t0
-    table_cells = None
-    with seglayout.finish_lock(store):
-        counts = seglayout.n_cells(store)
-        if work.all_done() and not np.any(counts == seglayout.NOT_DONE):
-            stale = n_written > 0 or not store.has("cells/offsets")
-            if not stale:
-                a = store.attrs("cells")
-                stale = a.get("table_id") != store.attrs(seglayout.GROUP).get("cells_table_id") or \
-                    int(a.get("n_images", -1)) != n
-            if stale:
-                table_cells = seglayout.build_cells_table(store, progress=progress, params=params)
-                store.update_attrs(seglayout.GROUP, {"cells_table_id": store.attrs("cells")["table_id"]})
-            summary = {"images": n, "segmented": int((counts >= 0).sum()), "unreadable": int((counts == -2).sum()),
-                       "without_cells": int((counts == 0).sum()), "cells": int(counts[counts > 0].sum())}
-            run.finish("done", **summary)
-        else:
-            summary = {"images": n, "segmented": int((counts >= 0).sum())}
-    return {
-        **summary, "processed": n_written, "cells_found": n_cells_found, "seconds": elapsed,
-        "images_per_s": (n_written / elapsed) if elapsed > 0 and n_written else None,
-        "problems": problems, "all_done": work.all_done(), "cells_table_rows": table_cells,
-        "preview_dir": str(preview_dir) if previews else None, "previews": previews,
-    }
+            out.processed += len(results)
+        out.seconds = time.perf_counter() - t0
+        with seglayout.finish_lock(store):
+            counts = seglayout.n_cells(store)
+            if work.all_done() and not np.any(counts == seglayout.NOT_DONE):
+                if out.processed > 0 or not seglayout.cells_table_current(store, n):
+                    out.cells_table_rows = seglayout.build_cells_table(store, progress=progress, params=params)
+                    seglayout.note_cells_table(store)
+                out.segmented = int((counts >= 0).sum())
+                out.unreadable = int((counts == seglayout.FAILED).sum())
+                out.without_cells = int((counts == 0).sum())
+                out.cells = int(counts[counts > 0].sum())
+                run.finish("done", images=n, segmented=out.segmented, unreadable=out.unreadable,
+                           without_cells=out.without_cells, cells=out.cells)
+            else:
+                out.segmented = int((counts >= 0).sum())
+                run.keep_running()
+    out.images_per_s = (out.processed / out.seconds) if out.seconds > 0 and out.processed else None
+    out.all_done = work.all_done()
+    out.preview_dir = str(preview_dir) if out.previews else None
+    return out

@@ -73,7 +73,3 @@ class DPNUnet(nn.Module):
             x = self.decoder_stages[n - 1 - k](x)
             x = bottleneck(torch.cat([x, skips[n - 1 - k]], dim=1))
         return self.final(self.last_upsample(x))
-
-
-def build_dpn_unet() -> DPNUnet:
-    return DPNUnet(3)

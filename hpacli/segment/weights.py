@@ -5,7 +5,10 @@ pickled modules of the upstream ``pytorch_zoo`` package, probably in torch's leg
 (pre-1.6) format, the nuclei one possibly wrapped in ``DataParallel``. We read them with a
 restricted unpickler: the upstream class names map onto our own modules (:mod:`.unet`,
 :mod:`.dpn`), a short list of torch containers and tensor-rebuild functions is allowed, and
-any other global is refused, so a checkpoint cannot import or call anything else. Plain
+any other global is refused, so a checkpoint cannot import or call anything else. The file
+goes through :func:`hpacli.models.weightfile.load_weights` first, which refuses TorchScript
+archives and anything else that is not a plain pickle or a torch.save zip before torch sees
+it (torch would hand a TorchScript archive to ``torch.jit.load`` and run its code). Plain
 state_dicts (with or without a ``module.`` prefix, bare or under ``state_dict``/``model``)
 load too, in the zip and the legacy format. The weights always end up in a freshly built
 :class:`~.unet.DPNUnet` through ``load_state_dict(strict=True)``.
@@ -15,19 +18,15 @@ from __future__ import annotations
 
 import collections
 import pickle
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from ..errors import HpaError, InputError
+from ..errors import InputError
+from ..models.weightfile import UnsafeCheckpointError, load_weights
 from . import dpn, unet
-
-
-class UnsafeCheckpointError(HpaError):
-    """The file references a global that a DPN-UNet checkpoint has no business with."""
 
 
 class _DataParallelShell(nn.Module):
@@ -82,7 +81,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _STORAGES:
             return getattr(torch, name)
         raise UnsafeCheckpointError(
-            f"refusing global {module}.{name}: it is not part of a DPN-UNet checkpoint "
+            f"refers to {module}.{name}, which is not part of a DPN-UNet checkpoint; refused "
             "(a weight file must not be able to run code)"
         )
 
@@ -99,18 +98,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weight file (pickled module or state_dict, zip or legacy) into a plain
     CPU state_dict without the ``module.`` prefix. Raises HpaError on anything unsafe or odd."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"weight file {path} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # legacy files warn that the pickled class source differs
-            obj = torch.load(str(path), map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
-    except UnsafeCheckpointError as exc:
-        raise UnsafeCheckpointError(f"{path.name}: {exc}") from None
-    except HpaError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read weight file {path}: {type(exc).__name__}: {exc}") from None
+    obj = load_weights(path, map_location="cpu", pickle_module=restricted_pickle)
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), (dict, nn.Module)):
@@ -121,7 +109,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     elif isinstance(obj, dict):
         state = obj
     else:
-        raise InputError(f"{path.name} holds a {type(obj).__name__}, not a DPN-UNet module or state_dict")
+        raise InputError(f"weight file {path} holds a {type(obj).__name__}, not a DPN-UNet module or state_dict")
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
@@ -147,7 +135,7 @@ def load_dpn_unet(path: str | Path) -> unet.DPNUnet:
             parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
         if bad:
             parts.append(f"{len(bad)} with another shape (e.g. {bad[0]})")
-        raise InputError(f"{Path(path).name} is not an HPA DPN-UNet checkpoint: keys " + "; ".join(parts))
+        raise InputError(f"weight file {path} is not an HPA DPN-UNet checkpoint: keys " + "; ".join(parts))
     model.load_state_dict(
         {k: state[k].float() if state[k].is_floating_point() else state[k] for k in want}, assign=True
     )

@@ -49,11 +49,13 @@ def write_cells_table(store, columns: dict[str, np.ndarray], n_images: int, para
     for name, (dtype, tail) in COLUMNS.items():
         data = np.asarray(columns[name]).astype(dtype).reshape((n, *tail))
         arr = store.create_array(
-            f"{tmp}/{name}", (n, *tail), dtype, (ROW_CHUNK, *tail), encoding=f"cell-{name}", overwrite=True
+            f"{tmp}/{name}", (n, *tail), dtype, (ROW_CHUNK, *tail), encoding=f"cell-{name}", overwrite=True,
+            coverage="all",
         )
         if n:
             arr[:] = data
-    arr = store.create_array(f"{tmp}/offsets", (n_images + 1,), "int64", (65536,), encoding="ragged-offsets")
+    arr = store.create_array(f"{tmp}/offsets", (n_images + 1,), "int64", (65536,), encoding="ragged-offsets",
+                              coverage="all")
     arr[:] = offsets
     store.update_attrs(
         tmp, {"encoding": "hpacli-cells", "encoding_version": 1, "n": int(n), "n_images": int(n_images),
@@ -91,6 +93,7 @@ class CellTable:
 
     def column(self, name: str) -> np.ndarray:
         if name not in self._cache:
+            self.store.require_rows(f"{GROUP}/{name}")
             self._cache[name] = np.asarray(self.store.array(f"{GROUP}/{name}")[:])
         return self._cache[name]
 
@@ -119,6 +122,15 @@ class CellTable:
                 "border": self.column("border"),
             }
         )
+
+
+def exists(store) -> bool:
+    return store.has(GROUP)
+
+
+def covers(store, n_images: int) -> bool:
+    """True when the cells table exists and was built for ``n_images`` images."""
+    return store.has(f"{GROUP}/offsets") and int(store.attrs(GROUP).get("n_images", -1)) == int(n_images)
 
 
 def cells_per_image(store) -> np.ndarray:

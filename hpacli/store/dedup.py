@@ -2,7 +2,7 @@
 
 Layout (group ``dedup``, provenance of the ``dedup`` stage):
 ``hashes`` uint64 ``[N, 3]``: pHash of the red, green and blue channel of each image
-(attrs: ``source`` = cache | png, ``cache_size``); ``ok`` bool ``[N]``: the image could be
+(attrs: ``source`` = cache | png, ``cache_size``, ``cache_id`` of the cache hashed); ``ok`` bool ``[N]``: the image could be
 read and hashed; ``_done``: BlockWork markers of the hashing.
 Written at the end of each run (replaced as a whole): ``group`` int64 ``[N]`` (the
 duplicate group of each image, named by its smallest member's row; an image without
@@ -26,34 +26,51 @@ def has_hashes(store) -> bool:
     return store.has(f"{GROUP}/hashes")
 
 
-def ensure_hash_arrays(store, n: int, block: int, source: str, cache_size: int | None):
-    """Open (or create) the hash arrays for ``n`` images. Hashes made from another source
-    (cache vs png, another cache size) are discarded. If the table grew since the last run,
-    the block that held the old last image is hashed again (it was only partly filled)."""
+def clear(store) -> None:
+    """Delete every duplicate-search result (``hpa dedup --overwrite``)."""
+    store.delete(GROUP)
+
+
+def prepare_hashes(store, n: int, block: int, source: str, cache_size: int | None,
+                   cache_id: str | None = None):
+    """Open (or create) the hash arrays for ``n`` images; returns the hashing's BlockWork. Hashes made from another source
+    (cache vs png, another cache size, another cache: ``cache_id``) are discarded. If the
+    table grew since the last run, the block that held the old last image is hashed again
+    (it was only partly filled)."""
     from .work import BlockWork
 
     key = f"{GROUP}/hashes"
     if store.has(key):
         attrs = store.attrs(key)
         same = attrs.get("source") == source and attrs.get("cache_size") == cache_size
+        same = same and attrs.get("cache_id") == cache_id
         same = same and int(attrs.get("block", -1)) == block
         if not same:
             for name in ("hashes", "ok", "_done"):
                 store.delete(f"{GROUP}/{name}")
     old_n = int(store.attrs(key).get("n_images", 0)) if store.has(key) else 0
-    hashes = store.ensure_array(
+    store.ensure_array(
         key, (n, N_HASH_CHANNELS), "uint64", (block, N_HASH_CHANNELS), encoding="phash64-rgb",
-        attrs={"source": source, "cache_size": cache_size, "block": block,
+        attrs={"source": source, "cache_size": cache_size, "cache_id": cache_id, "block": block,
                "hash": "imagehash.phash: 8x8 low frequencies of a 32x32 DCT, bit 63 first",
                "channels": ["red", "green", "blue"]},
+        coverage="done",
     )
-    ok = store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False)
+    store.ensure_array(f"{GROUP}/ok", (n,), "bool", (block,), encoding="bool-column", fill_value=False,
+                       coverage="done")
     work = BlockWork(store, GROUP, n, block)
     if 0 < old_n < n and old_n % block:
         store.array(f"{GROUP}/_done")[old_n // block] = False
     if old_n != n:
         store.update_attrs(key, {"n_images": int(n)})
-    return hashes, ok, work
+    return work
+
+
+def write_hashes(store, start: int, hashes: np.ndarray, ok: np.ndarray) -> None:
+    """Hashes (uint64 ``[k, 3]``) and read-ok flags of images ``start : start + k`` (a block)."""
+    stop = start + len(hashes)
+    store.array(f"{GROUP}/hashes")[start:stop] = np.asarray(hashes, dtype=np.uint64)
+    store.array(f"{GROUP}/ok")[start:stop] = np.asarray(ok, dtype=bool)
 
 
 def read_hashes(store) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +78,8 @@ def read_hashes(store) -> tuple[np.ndarray, np.ndarray]:
     if not has_hashes(store):
         raise StoreError(f"the store {store.path} has no image hashes; {HINT}")
     n = int(store.attrs(f"{GROUP}/hashes").get("n_images", 0))
+    for name in ("hashes", "ok"):  # hashes of done blocks never read back as zeros
+        store.require_rows(f"{GROUP}/{name}")
     return (np.asarray(store.array(f"{GROUP}/hashes")[:n]).astype(np.uint64),
             np.asarray(store.array(f"{GROUP}/ok")[:n]).astype(bool))
 
@@ -71,15 +90,15 @@ def write_dedup_result(store, group: np.ndarray, pairs: np.ndarray, distances: n
     distances = np.asarray(distances, dtype=np.uint8).reshape(-1, N_HASH_CHANNELS)
     n, p = len(group), len(pairs)
     arr = store.create_array(f"{GROUP}/group", (n,), "int64", (65536,), encoding="duplicate-group-min-row",
-                             fill_value=-1, overwrite=True)
+                             fill_value=-1, overwrite=True, coverage="all")
     if n:
         arr[:] = group
     arr = store.create_array(f"{GROUP}/pairs", (p, 2), "int64", (65536, 2), encoding="duplicate-pairs",
-                             overwrite=True)
+                             overwrite=True, coverage="all")
     if p:
         arr[:] = pairs
     arr = store.create_array(f"{GROUP}/distances", (p, N_HASH_CHANNELS), "uint8", (65536, N_HASH_CHANNELS),
-                             encoding="hamming-distance-rgb", overwrite=True)
+                             encoding="hamming-distance-rgb", overwrite=True, coverage="all")
     if p:
         arr[:] = distances
     store.update_attrs(GROUP, {"threshold": int(threshold), "n_images": int(n), "n_pairs": int(p)})
@@ -95,6 +114,7 @@ def read_groups(store, require_all: bool = True) -> np.ndarray:
     images are their own group."""
     if not has_groups(store):
         raise StoreError(f"the store {store.path} has no duplicate groups; {HINT}")
+    store.require_rows(f"{GROUP}/group")
     group = np.asarray(store.array(f"{GROUP}/group")[:]).astype(np.int64)
     n = store.images.n
     if len(group) < n:
@@ -112,10 +132,6 @@ def read_pairs(store) -> tuple[np.ndarray, np.ndarray]:
         raise StoreError(f"the store {store.path} has no duplicate pairs; {HINT}")
     return (np.asarray(store.array(f"{GROUP}/pairs")[:]).astype(np.int64).reshape(-1, 2),
             np.asarray(store.array(f"{GROUP}/distances")[:]).astype(np.uint8).reshape(-1, N_HASH_CHANNELS))
-
-
-def dedup_info(store) -> dict:
-    return {k: v for k, v in store.attrs(GROUP).items() if k in ("threshold", "n_images", "n_pairs")}
 
 
 def summary_section(store):

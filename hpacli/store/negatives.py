@@ -1,7 +1,7 @@
 """Obvious-staining negatives (``hpa negatives``).
 
-Layout (group ``negatives``, provenance of the stage; attrs ``table_id`` of the cells
-table the scores belong to, ``threshold``, ``top_k``):
+Layout (group ``negatives``, provenance of the stage; attrs ``cells_table_id`` of the cells
+table the scores belong to (``table_id`` in older stores), ``threshold``, ``top_k``):
 ``cell_score`` float32 ``[C]`` aligned with the cells table: mean of the cell's ``top_k``
 brightest green pixels at 2048-image scale; NaN for cells not scored (images not
 labelled Negative). ``cell_flag`` bool ``[C]``: score >= threshold.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StoreError
+from .cellresults import STAMP, stamp_of
 
 GROUP = "negatives"
 HINT = "run `hpa negatives` first"
@@ -27,7 +28,7 @@ def prepare(store, n_cells: int, n_images: int, table_id: str, work_images: np.n
     image list and ``top_k`` (a resumed run); otherwise start over."""
     attrs = store.attrs(GROUP) if store.has(GROUP) else {}
     same = (
-        attrs.get("table_id") == table_id
+        stamp_of(attrs) == table_id
         and attrs.get("top_k") == top_k
         and attrs.get("images") == [int(i) for i in work_images]
         and store.has(f"{GROUP}/cell_score")
@@ -40,7 +41,7 @@ def prepare(store, n_cells: int, n_images: int, table_id: str, work_images: np.n
                            fill_value=np.nan, overwrite=True)
         store.create_array(f"{GROUP}/image_scored", (n_images,), "bool", (65536,), encoding="bool-column",
                            fill_value=False, overwrite=True)
-        store.update_attrs(GROUP, {"table_id": table_id, "top_k": int(top_k),
+        store.update_attrs(GROUP, {STAMP: table_id, "top_k": int(top_k),
                                    "images": [int(i) for i in work_images]})
 
 
@@ -75,11 +76,11 @@ def write_flags(store, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     image_flag = np.zeros(n_images, dtype=bool)
     image_flag[image[cell_flag]] = True
     arr = store.create_array(f"{GROUP}/cell_flag", cell_flag.shape, "bool", (ROW_CHUNK,), encoding="bool-column",
-                             fill_value=False, overwrite=True)
+                             fill_value=False, overwrite=True, coverage="all")
     if len(cell_flag):
         arr[:] = cell_flag
     arr = store.create_array(f"{GROUP}/image_flag", (n_images,), "bool", (65536,), encoding="bool-column",
-                             fill_value=False, overwrite=True)
+                             fill_value=False, overwrite=True, coverage="all")
     if n_images:
         arr[:] = image_flag
     store.update_attrs(GROUP, {"threshold": float(threshold)})
@@ -89,7 +90,7 @@ def write_flags(store, threshold: float) -> tuple[np.ndarray, np.ndarray]:
 def _check_table(store) -> None:
     from .cells import CellTable
 
-    want = store.attrs(GROUP).get("table_id")
+    want = stamp_of(store.attrs(GROUP))
     if want != CellTable(store).table_id:
         raise StoreError("the negative scores belong to an older cells table (segmentation was redone); "
                          "run `hpa negatives` again")

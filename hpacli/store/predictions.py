@@ -23,81 +23,44 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
-from .core import child_key
+from .cellresults import CellResults, Column, Kind
 
 GROUP = "predictions"
 BLOCK = 1024
 ENCODING = "hpacli-predictions"
 PREPARE_LOCK = ".hpa-predict-prepare.lock"
+COLUMNS = (
+    Column("probs", "float32", "cell-probabilities", (N_CLASSES,), float("nan")),
+    Column("image", "int32", "image-index", (), -1),
+    Column("cell_id", "int32", "cell-id", (), 0),
+    Column("bbox", "int32", "bbox-r0c0r1c1", (4,), 0),
+)
 
 
-def name_key(name: str) -> str:
-    return child_key(GROUP, name, "predictions")
+KIND = Kind(GROUP, COLUMNS, ENCODING, BLOCK, "predictions", "predictions", "hpa predict --name {name}",
+            name_what="predictions")
+name_key = KIND.key
+results = KIND.results
+list_names = KIND.names
+_require = KIND.require
+info = KIND.status  # attributes plus n_cells, blocks, blocks_done, complete, stale
 
 
 # ---------------------------------------------------------------------------- readers
-
-
-def list_names(store) -> list[str]:
-    folder = store.path / GROUP
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "probs" / "zarr.json").exists())
-
-
-def _require(store, name: str) -> str:
-    key = name_key(name)
-    if not store.has(f"{key}/probs"):
-        have = list_names(store)
-        hint = f"; predictions in the store: {', '.join(have)}" if have else ""
-        raise StoreError(f"the store {store.path} has no predictions {name!r}; run `hpa predict --name {name}`{hint}")
-    return key
-
-
-def _current_table_id(store) -> str | None:
-    from .cells import GROUP as CELLS
-
-    return store.attrs(CELLS).get("table_id") if store.has(CELLS) else None
-
-
-def info(store, name: str) -> dict:
-    """Attributes plus ``n_cells``, ``blocks``, ``blocks_done``, ``complete``, ``stale``."""
-    from .work import BlockWork
-
-    key = _require(store, name)
-    out = dict(store.attrs(key))
-    n = int(store.array(f"{key}/probs").shape[0])
-    work = BlockWork(store, key, n, int(out.get("block", BLOCK)))
-    out.update(n_cells=n, blocks=work.n_blocks, blocks_done=work.n_done, complete=work.all_done(),
-               stale=_current_table_id(store) != out.get("cells_table_id"))
-    return out
-
-
 def check_current(store, name: str) -> None:
-    if info(store, name)["stale"]:
-        raise StoreError(
-            f"predictions {name!r} belong to an older cells table (images were added or segmented again); "
-            f"run `hpa predict --name {name}` again"
-        )
+    _require(store, name).require_current(
+        f"predictions {name!r} belong to an older cells table (images were added or segmented again); "
+        f"run `hpa predict --name {name}` again")
 
 
 def done_rows(store, name: str) -> np.ndarray:
     """bool ``[C]``: rows whose block is done."""
-    from .work import BlockWork
-
-    key = _require(store, name)
-    n = int(store.array(f"{key}/probs").shape[0])
-    block = int(store.attrs(key).get("block", BLOCK))
-    done = BlockWork(store, key, n, block).done_mask()
-    return np.repeat(done, block)[:n] if n else np.zeros(0, dtype=bool)
+    return _require(store, name).done_rows()
 
 
 def read_probs(store, name: str = "default") -> np.ndarray:
     """float32 ``[C, 19]``; rows not predicted (or in blocks not done) are NaN."""
-    key = _require(store, name)
-    probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
-    probs[~done_rows(store, name)] = np.nan
-    return probs
+    return _require(store, name).read_done("probs", np.nan)
 
 
 def predicted_mask(store, name: str = "default") -> np.ndarray:
@@ -112,19 +75,13 @@ def prepare_lock(store):
     return store.lock(PREPARE_LOCK)
 
 
-def _old_rows(store, key: str, block: int) -> dict | None:
+def _old_rows(res: CellResults) -> dict | None:
     """Done rows of an existing set: {(image, cell_id, r0, c0, r1, c1): probs}."""
-    if not store.has(f"{key}/image"):
+    if not res.has_column("image"):
         return None
-    from .work import BlockWork
-
-    probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
-    image = np.asarray(store.array(f"{key}/image")[:])
-    cell = np.asarray(store.array(f"{key}/cell_id")[:])
-    bbox = np.asarray(store.array(f"{key}/bbox")[:])
-    n = len(probs)
-    done = np.repeat(BlockWork(store, key, n, block).done_mask(), block)[:n] if n else np.zeros(0, bool)
-    keep = done & np.isfinite(probs).all(axis=1)
+    probs = res.read("probs").astype(np.float32)
+    image, cell, bbox = res.read("image"), res.read("cell_id"), res.read("bbox")
+    keep = res.done_rows() & np.isfinite(probs).all(axis=1)
     return {(int(image[r]), int(cell[r]), *map(int, bbox[r])): probs[r] for r in np.flatnonzero(keep)}
 
 
@@ -138,16 +95,13 @@ def prepare(store, name: str, n_cells: int, settings: dict, block: int = BLOCK,
     that were already predicted (the stage writes them instead of predicting again).
     Safe for several shard processes at once.
     """
-    from .cells import CellTable
-
-    key = name_key(name)
-    table_id = CellTable(store).table_id
+    res = results(store, name, block)
     carried: dict = {}
     with prepare_lock(store):
         if overwrite:
-            store.delete(key)
-        elif store.has(f"{key}/probs"):
-            old = store.attrs(key)
+            res.delete()
+        elif res.exists():
+            old = store.attrs(res.key)
             if old.get("settings") != settings:
                 diff = sorted(k for k in set(old.get("settings") or {}) | set(settings)
                               if (old.get("settings") or {}).get(k) != settings.get(k))
@@ -155,33 +109,19 @@ def prepare(store, name: str, n_cells: int, settings: dict, block: int = BLOCK,
                     f"predictions {name!r} exist with other settings ({', '.join(diff)}); "
                     "use another --name or --overwrite"
                 )
-            if old.get("cells_table_id") != table_id:
-                carried = _old_rows(store, key, int(old.get("block", BLOCK))) or {}
-                store.delete(key)
-        store.group(GROUP, create=True)
-        store.group(key, create=True)
-        n = max(int(n_cells), 0)
-        store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
-                           encoding="cell-probabilities", fill_value=float("nan"))
-        store.ensure_array(f"{key}/image", (n,), "int32", (block,), encoding="image-index", fill_value=-1)
-        store.ensure_array(f"{key}/cell_id", (n,), "int32", (block,), encoding="cell-id", fill_value=0)
-        store.ensure_array(f"{key}/bbox", (n, 4), "int32", (block, 4), encoding="bbox-r0c0r1c1", fill_value=0)
-        attrs = store.attrs(key)
-        if attrs.get("cells_table_id") != table_id or attrs.get("settings") != settings:
-            store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),
-                                     "cells_table_id": table_id, "settings": settings})
-    return key, carried
+            if res.stale(old):
+                carried = _old_rows(results(store, name, int(old.get("block", BLOCK))))
+                carried = carried or {}
+                res.delete()
+        fresh = not res.exists() or res.stale() or store.attrs(res.key).get("settings") != settings
+        res.ensure(n_cells, {"settings": settings}) if fresh else res.ensure_columns(n_cells)
+    return res.key, carried
 
 
 def write_block(store, name: str, start: int, probs: np.ndarray, image: np.ndarray, cell_id: np.ndarray,
                 bbox: np.ndarray) -> None:
     """Write rows ``start : start + len(probs)`` (a whole block: whole chunks)."""
-    key = name_key(name)
-    stop = start + len(probs)
-    store.array(f"{key}/probs")[start:stop] = np.asarray(probs, dtype=np.float32)
-    store.array(f"{key}/image")[start:stop] = np.asarray(image, dtype=np.int32)
-    store.array(f"{key}/cell_id")[start:stop] = np.asarray(cell_id, dtype=np.int32)
-    store.array(f"{key}/bbox")[start:stop] = np.asarray(bbox, dtype=np.int32)
+    results(store, name).write_rows(start, probs=probs, image=image, cell_id=cell_id, bbox=bbox)
 
 
 # ---------------------------------------------------------------------------- hpa info

@@ -29,83 +29,40 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import StoreError
-from .core import child_key
+from .cellresults import STAMP, Column, Kind, current_table_id
 
 GROUP = "labels"
 BLOCK = 1024
 ENCODING = "hpacli-pseudolabels"
+COLUMNS = (
+    Column("probs", "float32", "cell-probabilities", (N_CLASSES,), float("nan")),
+    Column("embeddings", "float16", "cell-embeddings", (0,), 0.0),  # width: the models' embedding size
+    Column("model", "int8", "fold-index", (), -1),
+)
 
 
-def run_key(run: str) -> str:
-    return child_key(GROUP, run)
+KIND = Kind(GROUP, COLUMNS, ENCODING, BLOCK, "pseudo-labels", "runs", "hpa pseudolabel --run {name}")
+run_key = KIND.key
+results = KIND.results
+list_runs = KIND.names  # the runs in the store (complete or not)
+_require = KIND.require
+# the run's attributes (models, views, img_size, cells_table_id, provenance, ...) plus n_cells,
+# blocks_done, blocks, complete and stale (True when the cells table was rewritten since)
+run_info = KIND.status
 
 
 # ---------------------------------------------------------------------------- readers
-
-
-def list_runs(store) -> list[str]:
-    """Names of the pseudo-label runs in the store (complete or not)."""
-    folder = store.path / GROUP
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.name for p in folder.iterdir() if p.is_dir() and (p / "probs" / "zarr.json").exists()
-    )
-
-
-def _require(store, run: str) -> str:
-    key = run_key(run)
-    if not store.has(f"{key}/probs"):
-        runs = list_runs(store)
-        have = f"; runs in the store: {', '.join(runs)}" if runs else ""
-        raise StoreError(f"the store {store.path} has no pseudo-labels {run!r}; run `hpa pseudolabel --run {run}`{have}")
-    return key
-
-
-def run_info(store, run: str) -> dict:
-    """The run's attributes (models, views, img_size, cells_table_id, provenance, ...)
-    plus ``n_cells``, ``blocks_done``, ``blocks``, ``complete`` and ``stale`` (True when
-    the cells table was rewritten since)."""
-    key = _require(store, run)
-    info = dict(store.attrs(key))
-    from .cells import GROUP as CELLS
-    from .work import BlockWork
-
-    n = int(store.array(f"{key}/probs").shape[0])
-    work = BlockWork(store, key, n, int(info.get("block", BLOCK)))
-    info["n_cells"] = n
-    info["blocks"] = work.n_blocks
-    info["blocks_done"] = work.n_done
-    info["complete"] = work.all_done()
-    current = store.attrs(CELLS).get("table_id") if store.has(CELLS) else None
-    info["stale"] = current != info.get("cells_table_id")
-    return info
-
-
 def check_current(store, run: str) -> None:
     """Raise when the run was computed for another cells table (segmentation redone)."""
-    if run_info(store, run)["stale"]:
-        raise StoreError(
-            f"pseudo-labels {run!r} belong to an older cells table (segmentation was redone); "
-            f"run `hpa pseudolabel --run {run} --overwrite`"
-        )
-
-
-def _done_rows(store, key: str, n: int, block: int) -> np.ndarray:
-    from .work import BlockWork
-
-    done = BlockWork(store, key, n, block).done_mask()
-    return np.repeat(done, block)[:n] if n else np.zeros(0, dtype=bool)
+    _require(store, run).require_current(
+        f"pseudo-labels {run!r} belong to an older cells table (segmentation was redone); "
+        f"run `hpa pseudolabel --run {run} --overwrite`")
 
 
 def read_model(store, run: str) -> np.ndarray:
     """int8 ``[C]``: the fold of the model that labelled each cell, -1 where none did
     (yet: rows of blocks not done read -1)."""
-    key = _require(store, run)
-    model = np.asarray(store.array(f"{key}/model")[:]).astype(np.int8)
-    block = int(store.attrs(key).get("block", BLOCK))
-    model[~_done_rows(store, key, len(model), block)] = -1
-    return model
+    return _require(store, run).read_done("model", -1)
 
 
 def labelled_mask(store, run: str) -> np.ndarray:
@@ -115,14 +72,11 @@ def labelled_mask(store, run: str) -> np.ndarray:
 
 def read_probs(store, run: str) -> np.ndarray:
     """float32 ``[C, 19]`` probabilities; rows of unlabelled cells are NaN."""
-    key = _require(store, run)
-    probs = np.asarray(store.array(f"{key}/probs")[:], dtype=np.float32)
-    probs[~labelled_mask(store, run)] = np.nan
-    return probs
+    return _require(store, run).read_done("probs", np.nan, done=labelled_mask(store, run))
 
 
 def embedding_dim(store, run: str) -> int:
-    return int(store.array(f"{_require(store, run)}/embeddings").shape[1])
+    return int(_require(store, run).column("embeddings").shape[1])
 
 
 def iter_embeddings(
@@ -132,8 +86,9 @@ def iter_embeddings(
     millions of cells never sit in memory at once. ``rows`` (sorted or not; bool mask or
     indices) selects cells; the default is every cell. Embeddings of unlabelled cells
     are zeros (use :func:`labelled_mask` to select)."""
-    key = _require(store, run)
-    arr = store.array(f"{key}/embeddings")
+    res = _require(store, run)
+    store.require_rows(f"{res.key}/embeddings")
+    arr = res.column("embeddings")
     n = int(arr.shape[0])
     if rows is None:
         for start in range(0, n, chunk):
@@ -157,11 +112,12 @@ def iter_embeddings(
         yield sel, out
 
 
-def read_embeddings(store, run: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """All selected embeddings at once (float16 ``[k, D]``); prefer :func:`iter_embeddings`."""
-    parts = [e for _, e in iter_embeddings(store, run, rows)]
+def read_embeddings(store, run: str, rows: np.ndarray | None = None, dtype=np.float16) -> np.ndarray:
+    """All selected embeddings at once (``[k, D]``, float16 as stored unless ``dtype``);
+    prefer :func:`iter_embeddings` for many cells."""
+    parts = [np.asarray(e, dtype=dtype) for _, e in iter_embeddings(store, run, rows)]
     if not parts:
-        return np.zeros((0, embedding_dim(store, run)), dtype=np.float16)
+        return np.zeros((0, embedding_dim(store, run)), dtype=dtype)
     return np.concatenate(parts)
 
 
@@ -171,40 +127,44 @@ def read_embeddings(store, run: str, rows: np.ndarray | None = None) -> np.ndarr
 def prepare_run(store, run: str, n_cells: int, dim: int, attrs: dict, block: int = BLOCK, overwrite: bool = False):
     """Create (or reopen) the run's arrays; returns the group key.
 
-    An existing run made for another cells table, or with other models, views or image
-    sizes, is an error unless ``overwrite`` (which deletes it first).
+    An existing run made for another cells table, or with other models, views, image
+    sizes, folds or duplicate handling (every option that decides the output), is an error
+    unless ``overwrite`` (which deletes it first). Checked and written under one lock, so
+    two shards started at once with different options cannot both pass.
     """
-    key = run_key(run)
+    with store.lock(PREPARE_LOCK):
+        return _prepare_run(store, run, n_cells, dim, attrs, block, overwrite)
+
+
+PREPARE_LOCK = ".hpa-pseudolabel-prepare.lock"
+DECIDING = ("cells_table_id", "models", "views", "img_size", "folds", "skip_duplicates")
+
+
+def _prepare_run(store, run, n_cells, dim, attrs, block, overwrite):
+    res = results(store, run, block)
+    attrs = {STAMP: current_table_id(store), **attrs}
     if overwrite:
-        store.delete(key)
-    elif store.has(f"{key}/probs"):
-        old = store.attrs(key)
-        for name in ("cells_table_id", "models", "views", "img_size"):
-            if old.get(name) != attrs.get(name):
-                raise StoreError(
-                    f"pseudo-labels {run!r} exist with other {name.replace('_', ' ')} "
-                    f"({old.get(name)!r} vs {attrs.get(name)!r}); use another --run name or --overwrite"
-                )
-    store.group(GROUP, create=True)
-    store.group(key, create=True)
-    n = max(int(n_cells), 0)
-    store.ensure_array(f"{key}/probs", (n, N_CLASSES), "float32", (block, N_CLASSES),
-                       encoding="cell-probabilities", fill_value=float("nan"))
-    store.ensure_array(f"{key}/embeddings", (n, int(dim)), "float16", (block, int(dim)),
-                       encoding="cell-embeddings", fill_value=0.0)
-    store.ensure_array(f"{key}/model", (n,), "int8", (block,), encoding="fold-index", fill_value=-1)
-    store.update_attrs(key, {"encoding": ENCODING, "encoding_version": 1, "block": int(block),
-                             "embedding_dim": int(dim), **attrs})
-    return key
+        res.delete()
+    elif res.exists():
+        old = store.attrs(res.key)
+        for name in res.differs(attrs, DECIDING, optional=("folds", "skip_duplicates")):  # older hpacli: not written
+            raise StoreError(
+                f"pseudo-labels {run!r} exist with other {name.replace('_', ' ')} "
+                f"({_short(old.get(name))} vs {_short(attrs.get(name))}); use the same options, another --run "
+                "name, or --overwrite"
+            )
+    res.ensure(n_cells, {"embedding_dim": int(dim), **attrs}, widths={"embeddings": int(dim)})
+    return res.key
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def write_block(store, run: str, start: int, probs: np.ndarray, embeddings: np.ndarray, model: np.ndarray) -> None:
     """Write rows ``start : start + len(probs)`` (a whole block: whole chunks)."""
-    key = run_key(run)
-    stop = start + len(probs)
-    store.array(f"{key}/probs")[start:stop] = np.asarray(probs, dtype=np.float32)
-    store.array(f"{key}/embeddings")[start:stop] = np.asarray(embeddings, dtype=np.float16)
-    store.array(f"{key}/model")[start:stop] = np.asarray(model, dtype=np.int8)
+    results(store, run).write_rows(start, probs=probs, embeddings=embeddings, model=model)
 
 
 # ---------------------------------------------------------------------------- hpa info
@@ -213,10 +173,11 @@ def write_block(store, run: str, start: int, probs: np.ndarray, embeddings: np.n
 def coverage_rows(store) -> list[dict]:
     """Cells labelled / cells total per run and image fold (for ``hpa info``)."""
     from .cells import CellTable
+    from .cells import exists as cells_exist
     from .folds import read_image_folds
 
     runs = list_runs(store)
-    if not runs or not store.has("cells"):
+    if not runs or not cells_exist(store):
         return []
     cells = CellTable(store)
     try:

@@ -36,6 +36,7 @@ HINT = "run `hpa segment` first"
 NOT_DONE = -1
 FAILED = -2
 FINISH_LOCK = ".hpa-segment-finish.lock"
+LAYOUT_LOCK = ".hpa-segment-layout.lock"
 
 
 def default_mask_scale(height: int, width: int) -> float:
@@ -71,7 +72,16 @@ def downsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ layout
 def ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int = BLOCK) -> None:
+    """Create or grow the arrays for ``n_images``. Growing reopens the block that held the
+    old last image (its done marker is cleared): its new images have no labels yet, and a
+    done block promises every image's chunks (``hpa info --check``)."""
+    with store.lock(LAYOUT_LOCK):
+        _ensure_layout(store, n_images, canvas, block_size)
+
+
+def _ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int) -> None:
     n = int(n_images)
+    old_n = int(store.array(f"{GROUP}/n_cells").shape[0]) if store.has(f"{GROUP}/n_cells") else 0
     hc, wc = int(canvas[0]), int(canvas[1])
     store.group(GROUP, create=True)
     attrs = store.attrs(GROUP)
@@ -87,10 +97,14 @@ def ensure_layout(store, n_images: int, canvas: tuple[int, int], block_size: int
         store.update_attrs(GROUP, {"canvas": [hc, wc], "block_size": int(block_size)})
     for name in ("cells", "nuclei"):
         store.ensure_array(f"{GROUP}/{name}", (n, hc, wc), "uint16", (1, hc, wc),
-                           encoding="label-image-uint16", compression="lz4")
-    store.ensure_array(f"{GROUP}/mask_shape", (n, 2), "int32", (block_size, 2), encoding="mask-shape")
+                           encoding="label-image-uint16", compression="lz4", coverage="done")
+    store.ensure_array(f"{GROUP}/mask_shape", (n, 2), "int32", (block_size, 2), encoding="mask-shape", coverage="done")
     store.ensure_array(f"{GROUP}/n_cells", (n,), "int32", (block_size,), encoding="cells-per-image",
-                       fill_value=NOT_DONE)
+                       fill_value=NOT_DONE, coverage="done")
+    if 0 < old_n < n and old_n % block_size and store.has(f"{GROUP}/_done"):
+        done = store.array(f"{GROUP}/_done")
+        if old_n // block_size < done.shape[0]:
+            done[old_n // block_size] = False
 
 
 def canvas_of(store) -> tuple[int, int]:
@@ -104,6 +118,7 @@ def n_cells(store) -> np.ndarray:
     """Per image: number of cells, 0 none, -1 not segmented, -2 unreadable."""
     if not store.has(f"{GROUP}/n_cells"):
         return np.full(store.images.n, NOT_DONE, dtype=np.int32)
+    store.require_rows(f"{GROUP}/n_cells")
     arr = np.asarray(store.array(f"{GROUP}/n_cells")[:]).astype(np.int32)
     n = store.images.n
     if len(arr) < n:
@@ -156,6 +171,8 @@ def _check(store, image_index: int) -> tuple[int, int]:
     status = int(store.array(f"{GROUP}/n_cells")[i]) if i < store.array(f"{GROUP}/n_cells").shape[0] else NOT_DONE
     if status == NOT_DONE:
         raise StoreError(f"image {i} is not segmented yet; {HINT}")
+    for name in ("mask_shape", "cells", "nuclei"):
+        store.require_rows(f"{GROUP}/{name}", (i, i + 1))
     h, w = (int(v) for v in store.array(f"{GROUP}/mask_shape")[i])
     return h, w
 
@@ -171,8 +188,7 @@ def read_labels(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _original_size(store, image_index: int) -> tuple[int, int]:
-    i = int(image_index)
-    return int(store.array("images/height")[i]), int(store.array("images/width")[i])
+    return store.images.size_of(image_index)
 
 
 def read_labels_full(store, image_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +251,7 @@ def build_cells_table(store, progress=None, params: dict | None = None) -> int:
     progress = progress or NullProgress()
     n = store.images.n
     counts = n_cells(store)
-    heights = np.asarray(store.array("images/height")[:n])
-    widths = np.asarray(store.array("images/width")[:n])
+    heights, widths = store.images.sizes()
     task = add_task(progress, "cells table", n, unit="img")
     cols: dict[str, list] = {k: [] for k in ("image", "cell_id", "bbox", "area", "nucleus_bbox", "border")}
     for i in range(n):
@@ -262,7 +277,42 @@ def finish_lock(store):
     return store.lock(FINISH_LOCK)
 
 
-def segmentation_summary(store):
+# ------------------------------------------------------------------------------ the stage's record
+def previous_params(store) -> dict:
+    """The parameters the segmentation in the store was made with ({} when none)."""
+    return dict((store.attrs(GROUP).get("provenance") or {}).get("params") or {})
+
+
+def has_settings(store) -> bool:
+    """True when the segmentation records the options that decide its masks (``claim_settings``)."""
+    return "settings" in store.attrs(GROUP)
+
+
+def clear(store) -> None:
+    """Delete the segmentation (``--overwrite``)."""
+    store.delete(GROUP)
+
+
+def cells_table_current(store, n_images: int) -> bool:
+    """True when the cells table exists, covers ``n_images`` and is the one this
+    segmentation built."""
+    from .cells import CellTable, covers
+
+    if not covers(store, n_images):
+        return False
+    return CellTable(store).table_id == store.attrs(GROUP).get("cells_table_id")
+
+
+def note_cells_table(store) -> str:
+    """Record the cells table just built from this segmentation; returns its id."""
+    from .cells import CellTable
+
+    table_id = CellTable(store).table_id
+    store.update_attrs(GROUP, {"cells_table_id": table_id})
+    return table_id
+
+
+def summary_section(store):
     """``hpa info`` section: segmentation coverage."""
     if not store.has(f"{GROUP}/n_cells"):
         return None

@@ -149,7 +149,7 @@ def truth_label_images(store, image_index: int) -> tuple[np.ndarray, dict[int, s
     """Decode one image's truth: an int32 label image (each distinct mask gets an id 1, 2, ...
     in order of first appearance; where masks overlap the later one wins) and
     ``{cell id: set of classes}``."""
-    from ..evaluate.masks import decode_mask
+    from ..io.masks import decode_mask
 
     n = store.images.n
     if not 0 <= image_index < n:

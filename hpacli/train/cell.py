@@ -26,377 +26,29 @@ Composition (the facts file, "Cell-level model"):
   read: the competition's cell-level mAP of the validation cells, computed by
   :func:`hpacli.evaluate.metric.evaluate_instances`, the code of ``hpa evaluate``.
 
-The crop geometry a later stage needs to feed the model is stored with the checkpoint in
-``train_config.extra.cell_input`` (plain data); :func:`read_cell_input` reads it back and
-``hpacli.train.checkpoint.load_model`` rebuilds the model.
+Targets and rows live in :mod:`.cell_targets`, the dataset in :mod:`.cell_data`, the
+metrics in :mod:`.metrics`. The crop geometry a later stage needs to feed the model is
+stored with the checkpoint in ``train_config.extra.cell_input`` (plain data);
+:func:`hpacli.models.checkpoint.read_info` reads it back (``.cell_input``) and
+:func:`hpacli.models.checkpoint.load` rebuilds the model.
 """
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from ..classes import N_CLASSES
-from ..errors import HpaError, StoreError
-from .trainer import TrainConfig, Trainer
+from ..errors import HpaError
+from .cell_data import FITS, CellCropDataset, windowed_order
+from .cell_targets import assemble_targets, cell_fold_rows
+from .metrics import CellMapScorer, cell_metrics
+from .trainer import TrainConfig, Trainer, TrainSummary
 
-TARGET_KINDS = ("soft", "denoised", "truth")
+STAGE = "train-cell"
 BEST_METRICS = ("bin_acc", "loss", "map", "cell_map")  # cell_map reads cell truth: an analysis, only by name
 DEFAULT_BEST_METRIC = "bin_acc"  # the seed's: accuracy in 0.05 bins of the soft label
-FITS = ("resize", "pad")
-BIN_WIDTH = 0.05
-STAGE = "train-cell"
-
-
-# ---------------------------------------------------------------------------- selections / Y_opt
-def _check_denoise_current(store, run: str) -> dict:
-    from ..store import denoise as D
-    from ..store.cells import CellTable
-
-    info = D.info(store, run)
-    made_for = info.get("cells_table_id")
-    if made_for is not None and made_for != CellTable(store).table_id:
-        raise StoreError(
-            f"de-noised labels of {run!r} belong to an older cells table (segmentation was redone); "
-            f"run `hpa denoise --run {run} --overwrite`"
-        )
-    return info
-
-
-def read_selection(store, name: str, run: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cell rows int64, classes int64) of the accepted selection ``name`` of the
-    de-noising run ``run`` (``hpa select-mitotic``; :mod:`hpacli.store.denoise`)."""
-    from ..store import denoise as D
-
-    _check_denoise_current(store, run)
-    rows, attrs = D.read_selection(store, run, name)
-    if not attrs.get("accepted"):
-        raise HpaError(
-            f"selection {name!r} of {run!r} is not accepted yet: review its CSV and import it with "
-            f"`hpa select-mitotic --run {run} --name {name} --accept REVIEWED.csv`"
-        )
-    if "class" not in attrs:
-        raise StoreError(f"selection {name!r} of {run!r} names no class")
-    rows = np.asarray(rows, dtype=np.int64)
-    return rows, np.full(len(rows), int(attrs["class"]), dtype=np.int64)
-
-
-def read_denoised(store, run: str) -> np.ndarray:
-    """float32 ``[C, 20]`` Y_opt of the de-noising run ``run`` (rows aligned with the cells
-    table; NaN rows = not de-noised)."""
-    from ..store import denoise as D
-
-    _check_denoise_current(store, run)
-    return np.asarray(D.read(store, run)["y_opt"], dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------- targets
-@dataclass
-class CellTargets:
-    """Targets of every cell of the table: ``y`` float32 ``[C, 19]`` and ``has`` bool
-    ``[C]`` (cells with a target); ``n_selected`` cells got 1 from the selection
-    (``n_selected_skipped`` had no pseudo-label and stay out)."""
-
-    y: np.ndarray
-    has: np.ndarray
-    source: str
-    n_selected: int = 0
-    n_selected_skipped: int = 0
-
-
-def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classes=None,
-                    image_labels: np.ndarray | None = None) -> CellTargets:
-    """Pure part of :func:`assemble_targets`: copy ``base`` ``[C, ≥19]`` (first 19 columns,
-    NaN rows where ``has`` is False); with ``image_labels`` (``[C, 19]`` multi-hot, each
-    cell's image labels) zero the classes its image is not labelled with; then set
-    ``y[row, class] = 1`` for the selected rows that have a target."""
-    base = np.asarray(base, dtype=np.float32)
-    if base.ndim != 2 or base.shape[1] < N_CLASSES:
-        raise StoreError(f"targets must be [cells, {N_CLASSES}+], got shape {base.shape}")
-    y = np.array(base[:, :N_CLASSES], dtype=np.float32, copy=True)
-    has = np.asarray(has, dtype=bool) & np.isfinite(y).all(axis=1)
-    y[~has] = np.nan
-    if not np.all((y[has] >= 0) & (y[has] <= 1)):
-        raise StoreError("targets outside 0..1: these are not probabilities")
-    if image_labels is not None:
-        mask = np.asarray(image_labels, dtype=np.float32)
-        if mask.shape != y.shape:
-            raise StoreError(f"image labels have shape {mask.shape}, targets {y.shape}")
-        y[has] *= mask[has]
-    n_sel = skipped = 0
-    if sel_rows is not None and len(sel_rows):
-        rows = np.asarray(sel_rows, dtype=np.int64)
-        classes = np.broadcast_to(np.asarray(sel_classes, dtype=np.int64), rows.shape)
-        if rows.min() < 0 or rows.max() >= len(y):
-            raise StoreError(f"selection rows outside the cells table (0..{len(y) - 1})")
-        if classes.min() < 0 or classes.max() >= N_CLASSES:
-            raise StoreError(f"selection classes outside 0..{N_CLASSES - 1}")
-        ok = has[rows]
-        y[rows[ok], classes[ok]] = 1.0
-        n_sel, skipped = int(len(np.unique(rows[ok]))), int((~ok).sum())
-    return CellTargets(y, has, "", n_sel, skipped)
-
-
-def assemble_targets(
-    store, labels_run: str, selection: str | None = None, targets: str = "soft", denoise_run: str | None = None,
-    mask_labels: bool = False,
-) -> CellTargets:
-    """The cell targets of the store: see :func:`combine_targets`. ``mask_labels`` keeps
-    only the classes of each cell's image labels (weak labels miss classes but rarely add
-    wrong ones, so this removes the image model's false positives from the targets)."""
-    from ..store import pseudolabels as PL
-
-    if targets not in TARGET_KINDS:
-        raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
-    PL.check_current(store, labels_run)
-    if targets == "truth":
-        return truth_targets(store, PL.labelled_mask(store, labels_run))
-    if targets == "soft":
-        base = PL.read_probs(store, labels_run)
-        has = PL.labelled_mask(store, labels_run)
-    else:
-        base = read_denoised(store, denoise_run or labels_run)
-        n = PL.labelled_mask(store, labels_run).shape[0]
-        if base.shape[0] != n:
-            raise StoreError(f"Y_opt has {base.shape[0]} rows but the cells table {n}; de-noise again")
-        has = np.isfinite(base[:, :N_CLASSES]).all(axis=1) if base.ndim == 2 else np.zeros(0, bool)
-    rows = classes = None
-    if selection:
-        rows, classes = read_selection(store, selection, denoise_run or labels_run)
-    image_labels = None
-    if mask_labels:
-        from ..store.cells import CellTable
-
-        image_labels = store.images.labels()[CellTable(store).column("image").astype(np.int64)]
-    out = combine_targets(base, has, rows, classes, image_labels)
-    out.source = (f"{targets} targets of {labels_run!r}" + (" masked by image labels" if mask_labels else "")
-                  + (f" + selection {selection!r}" if selection else ""))
-    return out
-
-
-def truth_targets(store, labelled: np.ndarray) -> CellTargets:
-    """Targets from the cell truth of the store's training images (synthetic data only): each
-    pseudo-labelled cell matched to a true cell (IoU ≥ 0.5) gets that cell's classes, 0/1;
-    unmatched cells stay out. An upper bound for the analysis, never a real-data rule."""
-    from ..evaluate.celltruth import cell_truth
-    from ..store.truth import read_has
-
-    if not read_has(store).any():
-        raise HpaError("--targets truth needs cell-level truth in the store (a dataset made by `hpa synth`)")
-    truth, matched = cell_truth(store)
-    has = np.asarray(labelled, dtype=bool) & matched
-    y = truth.astype(np.float32)
-    y[~has] = np.nan
-    return CellTargets(y, has, "true cell classes (analysis upper bound)")
-
-
-def cell_fold_rows(store, fold: int, has: np.ndarray, folds_name: str = "default") -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation rows of the cells table for ``fold`` (cells follow their
-    image's fold; only cells with a target)."""
-    from ..store.cells import CellTable
-    from ..store.folds import read_image_folds
-
-    cells = CellTable(store)
-    image = cells.column("image").astype(np.int64)
-    folds = read_image_folds(store, folds_name)
-    k = int(folds.max()) + 1 if (folds >= 0).any() else 0
-    if k == 0 or not 0 <= fold < k:
-        raise HpaError(f"--fold {fold} is out of range: the store's folds are 0..{k - 1}")
-    cf = folds[image] if len(image) else np.zeros(0, np.int8)
-    has = np.asarray(has, dtype=bool)
-    if len(has) != len(cf):
-        raise StoreError(f"targets have {len(has)} rows but the cells table {len(cf)}")
-    train = has & (cf >= 0) & (cf != fold)
-    val = has & (cf == fold)
-    return np.flatnonzero(train), np.flatnonzero(val)
-
-
-# ---------------------------------------------------------------------------- dataset
-class CellCropDataset(Dataset):
-    """Cell-model inputs of cells-table ``rows`` (map-style, items ``(index, aug_seed)``).
-
-    Each item: uint8 ``[4, S, S]`` = :class:`hpacli.data.crops.CellInput` of the cell's
-    masked crop, cut from its image at ``work_size`` (None: original resolution; pixels from
-    the cache when it is large enough, else the PNGs), and its float32 target. A small
-    per-process LRU of decoded images (``cache_images``) bounds memory; rows grouped by
-    image (validation, or ``image_window`` ordering) load each image once.
-    """
-
-    def __init__(
-        self, store_path, rows, targets, img_size: int, *, work_size: int | None = None, fit: str = "resize",
-        augment: bool = True, cache_images: int = 4,
-    ) -> None:
-        from ..data.crops import CellInput
-        from ..store import open_store
-        from ..store.cells import CellTable
-
-        if fit not in FITS:
-            raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
-        self.store_path = str(store_path)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.targets = np.asarray(targets, dtype=np.float32)
-        if len(self.rows) != len(self.targets):
-            raise ValueError("rows and targets differ in length")
-        self.img_size = int(img_size)
-        self.work_size = None if work_size is None else int(work_size)
-        self.augment = augment
-        self.transform = CellInput(fit=fit, augment=augment)
-        self._plain_transform = CellInput(fit=fit, augment=False)
-        self.cache_images = max(1, int(cache_images))
-        st = open_store(self.store_path, "r")
-        cells = CellTable(st)
-        df = st.images.df()
-        self.image = cells.column("image")[self.rows].astype(np.int64)
-        self.cell_id = cells.column("cell_id")[self.rows].astype(np.int64)
-        self.bbox = cells.column("bbox")[self.rows].astype(np.int64)
-        self.height = df["height"].to_numpy().astype(np.int64)
-        self.width = df["width"].to_numpy().astype(np.int64)
-        self.cache_size = st.images.cache_size
-        self._store = None
-        self._pid = None
-        self._images: OrderedDict = OrderedDict()
-        self.loads = 0  # images decoded by this process (benchmarks)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_store"], state["_pid"], state["_images"] = None, None, OrderedDict()
-        return state
-
-    def _open(self):
-        if self._store is None or self._pid != os.getpid():
-            from ..store import open_store
-
-            self._store = open_store(self.store_path, "r")
-            self._pid = os.getpid()
-            self._images = OrderedDict()
-        return self._store
-
-    def image_arrays(self, img: int) -> tuple[np.ndarray, np.ndarray]:
-        """(pixels ``[4, h, w]``, labels ``[h, w]``) of image ``img`` at working resolution."""
-        from ..data.crops import load_image
-
-        store = self._open()
-        hit = self._images.get(img)
-        if hit is not None:
-            self._images.move_to_end(img)
-            return hit
-        pair = load_image(store, img, self.work_size, int(self.height[img]), int(self.width[img]), self.cache_size)
-        self.loads += 1
-        self._images[img] = pair
-        while len(self._images) > self.cache_images:
-            self._images.popitem(last=False)
-        return pair
-
-    def crop(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        from ..data.crops import masked_crop, scale_bbox
-
-        img = int(self.image[i])
-        pixels, labels = self.image_arrays(img)
-        box = scale_bbox(self.bbox[i], (int(self.height[img]), int(self.width[img])), labels.shape)
-        crop = masked_crop(pixels, labels, int(self.cell_id[i]), box)
-        if rng is None:  # evaluation: no flip
-            return self._plain_transform(crop, self.img_size, None)
-        return self.transform(crop, self.img_size, rng)
-
-    def __getitem__(self, item):
-        if isinstance(item, (tuple, list)):
-            i, seed = int(item[0]), item[1]
-        else:
-            i, seed = int(item), None
-        rng = np.random.default_rng(int(seed)) if (self.augment and seed is not None) else None
-        x = self.crop(i, rng)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.targets[i])
-
-
-# ---------------------------------------------------------------------------- metrics
-def bin_accuracy(probs: np.ndarray, targets: np.ndarray, width: float = BIN_WIDTH) -> float:
-    """Fraction of (cell, class) entries whose prediction falls in the 0.05-wide bin of its
-    soft label (bins [0, .05), [.05, .1), ..., [.95, 1]; 1.0 is in the last bin)."""
-    n_bins = int(round(1.0 / width))
-    p = np.clip(np.floor(np.asarray(probs, np.float64) / width + 1e-9), 0, n_bins - 1)
-    t = np.clip(np.floor(np.asarray(targets, np.float64) / width + 1e-9), 0, n_bins - 1)
-    return float(np.mean(p == t)) if p.size else float("nan")
-
-
-def _predicted_labels(store, img: int) -> np.ndarray:
-    """The segmentation's cells label image of ``img`` at original resolution."""
-    from ..data import crops as C
-
-    meta_h = int(store.images.df()["height"].iat[img])
-    meta_w = int(store.images.df()["width"].iat[img])
-    return C.resize_nearest(np.asarray(C.read_cell_labels(store, img)), (meta_h, meta_w))
-
-
-class CellMapScorer:
-    """Cell-level mAP of validation cells against the store's cell truth (``hpa evaluate``'s
-    code): each validation cell of an image with truth is a detection of every class with
-    the model's probability, masked by the segmentation. Label images are read once.
-    ``max_images`` bounds memory (the first images with truth, in table order)."""
-
-    def __init__(self, store, rows: np.ndarray, max_images: int = 500, log=None) -> None:
-        from ..store.cells import CellTable
-        from ..store.truth import read_has, truth_label_images
-
-        self.available = False
-        cells = CellTable(store)
-        image = cells.column("image")[rows]
-        has = read_has(store)
-        imgs = [int(i) for i in np.unique(image) if has[int(i)]]
-        if not imgs:
-            return
-        if len(imgs) > max_images:
-            if log:
-                log(f"cell-level mAP on the first {max_images} of {len(imgs)} validation images with truth")
-            imgs = imgs[:max_images]
-        ids = store.images.ids()
-        cell_id = cells.column("cell_id")[rows]
-        self.truth, self.pred_labels, self.members = {}, {}, {}
-        for img in imgs:
-            key = str(ids[img])
-            self.truth[key] = truth_label_images(store, img)
-            self.pred_labels[key] = _predicted_labels(store, img)
-            pos = np.flatnonzero(image == img)
-            self.members[key] = (pos, cell_id[pos])
-        self.available = True
-
-    def __call__(self, probs: np.ndarray) -> float:
-        from ..evaluate.metric import evaluate_instances
-
-        preds = {
-            key: (self.pred_labels[key], {int(c): probs[p] for p, c in zip(pos, cid)})
-            for key, (pos, cid) in self.members.items()
-        }
-        return float(evaluate_instances(self.truth, preds).mAP)
-
-
-def cell_metrics(loss_name: str = "soft-focal", scorer: CellMapScorer | None = None):
-    """``metrics(logits, targets) -> dict``: ``val_loss`` (``loss_name`` on the soft
-    targets), ``bin_acc``, ``map`` (macro AP against targets ≥ 0.5) and ``cell_map`` when
-    ``scorer`` has truth."""
-    from ..registry import create_loss
-    from .trainer import macro_map
-
-    loss_fn = create_loss(loss_name)
-
-    def metrics(logits: np.ndarray, targets: np.ndarray) -> dict:
-        with torch.no_grad():
-            loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(targets)))
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        out = {"val_loss": loss, "bin_acc": bin_accuracy(probs, targets), "map": macro_map(logits, targets)}
-        if scorer is not None and scorer.available:
-            out["cell_map"] = scorer(probs.astype(np.float32))
-        return out
-
-    return metrics
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -424,59 +76,32 @@ class CellTrainer(Trainer):
         return items[:keep]
 
 
-def windowed_order(cell_images: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of the cell indices: images in random order, cells shuffled within
-    windows of ``window`` consecutive images."""
-    cell_images = np.asarray(cell_images)
-    uniq, inverse = np.unique(cell_images, return_inverse=True)
-    img_perm = rng.permutation(len(uniq))
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[img_perm] = np.arange(len(uniq))
-    win = rank[inverse] // max(1, int(window))
-    noise = rng.random(len(cell_images))
-    return np.lexsort((noise, win)).astype(np.int64)
-
-
 # ---------------------------------------------------------------------------- checkpoints
 def cell_input_config(img_size: int, work_size: int | None, fit: str) -> dict:
     return {"size": int(img_size), "work_size": None if work_size is None else int(work_size), "fit": fit,
             "tile": "short-side-2x-under-half", "pad": "centred-square", "masked": "other-cells-zeroed"}
 
 
-def read_cell_input(path: str | Path) -> dict:
-    """The crop geometry a cell model was trained with (``train_config.extra.cell_input``):
-    ``size``, ``work_size`` (None = original resolution), ``fit`` (resize | pad)."""
-    from .checkpoint import read_checkpoint
-
-    ck = read_checkpoint(path)
-    extra = ((ck.get("train_config") or {}).get("extra") or {}) if isinstance(ck, dict) else {}
-    info = extra.get("cell_input")
-    if not info:
-        raise HpaError(f"{path} is not a cell-level model (no cell_input in its train config); train with `hpa train-cell`")
-    return dict(info)
-
-
-def _model_from_init(backbone: str | None, init_from, resume_from=None) -> tuple:
+def _model_from_init(backbone: str | None, init_from, resume_from=None, options: dict | None = None) -> tuple:
     """(model, init report or None). Without ``backbone`` the architecture is the one of
     ``resume_from`` (a run's last.pt), else of an hpacli ``init_from`` checkpoint, else
     densenet121-hpa. Weights come from ``init_from`` unless resuming (the trainer loads
     last.pt)."""
-    from .checkpoint import build_model, is_our_checkpoint, read_checkpoint
-    from .checkpoint import init_from as load_init
-    from .image import build_backbone
+    from ..models.checkpoint import init_from as load_init
+    from ..models.checkpoint import model_from_checkpoint_or_new
 
-    config = None
-    if backbone is None:
-        for src in (resume_from, init_from):
-            if src is None:
-                continue
-            ck = read_checkpoint(src)
-            if is_our_checkpoint(ck):
-                config = dict(ck["model_config"])
-                break
-    model = build_model(config) if config is not None else build_backbone(backbone or "densenet121-hpa")
+    model = model_from_checkpoint_or_new(backbone, (resume_from, init_from), **(options or {}))
     report = load_init(model, init_from) if (init_from is not None and resume_from is None) else None
     return model, report
+
+
+def _trained_on(store, train_rows, fold, folds_name, init_from) -> dict:
+    """The images whose cells (and labels) the model trains on, plus its init's record."""
+    from ..models.trained_on import make_record
+    from ..store.cells import CellTable
+
+    images = CellTable(store).column("image")[np.asarray(train_rows, dtype=np.int64)]
+    return make_record(store, images, fold, folds_name, init_from)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -491,6 +116,7 @@ def run_train_cell(
     denoise_run: str | None = None,
     mask_labels: bool = False,
     backbone: str | None = None,
+    backbone_options: dict | None = None,
     init_from: str | Path | None = None,
     img_size: int = 512,
     work_size: int | None = None,
@@ -503,13 +129,18 @@ def run_train_cell(
     log=None,
     callbacks=None,
     **train_kwargs,
-) -> dict:
+) -> TrainSummary:
     """Train the cell-level model on ``fold``'s training cells, validate on its validation
     cells; checkpoints and ``log.csv`` in ``out``. ``train_kwargs`` are :class:`TrainConfig`
     fields (defaults here: the seed's batch 32, accumulation 4, adam10 × 4, 5 epochs,
     ``soft-focal-symmetric-lovasz-hardlog``; ``best_metric`` ``bin_acc``, the seed's rule;
-    ``cell_map``, which reads the store's cell truth, only when named)."""
+    ``cell_map``, which reads the store's cell truth, only when named). ``backbone_options``
+    go to a new ``backbone``'s factory."""
+    from ..models.build import check_outputs
+
     log = log or (lambda msg: None)
+    if backbone_options and backbone is None:
+        raise HpaError("backbone options need --backbone (a model taken from --init-from keeps its own)")
     if img_size < 16:
         raise HpaError("--img-size must be at least 16")
     if work_size is not None and work_size < 16:
@@ -547,9 +178,12 @@ def run_train_cell(
     kwargs = {**defaults, **train_kwargs, "best_metric": best_metric}
     cfg = TrainConfig(out=str(out), **kwargs)
     resuming = cfg.resume and (Path(out) / "last.pt").exists()
-    model, report = _model_from_init(backbone, init_from, Path(out) / "last.pt" if resuming else None)
+    torch.manual_seed(cfg.seed)  # new weights (a new head) the same in every process for one --seed
+    model, report = _model_from_init(backbone, init_from, Path(out) / "last.pt" if resuming else None,
+                                     backbone_options)
     if report is not None:
         log(report.describe())
+    check_outputs(model, img_size)
     from torch import nn
 
     if cfg.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -570,14 +204,16 @@ def run_train_cell(
         "n_selected": int(tg.n_selected),
         "mask_labels": bool(mask_labels),
         "best_metric": best_metric,
+        "folds_name": folds_name,
+        # what the out-of-fold guard of predict checks (hpacli.models.trained_on)
+        "trained_on": _trained_on(store, train_rows, fold, folds_name, init_from),
     }
     trainer = CellTrainer(
         model, train_ds, val_ds, cfg, metrics_fn=cell_metrics(cfg.val_loss, scorer), progress=progress, log=log,
         callbacks=callbacks, cell_images=train_ds.image, image_window=image_window,
     )
     summary = trainer.fit()
-    summary.update({
-        "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_selected": int(tg.n_selected),
-        "read_cell_truth": bool(scorer is not None or targets == "truth"),
-    })
+    summary.n_train, summary.n_val, summary.n_selected = int(len(train_rows)), int(len(val_rows)), int(tg.n_selected)
+    summary.cell_map_available = bool(scorer is not None and scorer.available)
+    summary.read_cell_truth = bool(scorer is not None or targets == "truth")
     return summary

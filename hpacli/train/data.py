@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classes import NEGATIVE
+from ..data.views import random_dihedral
 from ..errors import HpaError, StoreError
-from .augment import random_dihedral
 
 
 def _split_item(item) -> tuple[int, int | None]:
@@ -65,14 +65,23 @@ class StoreImageDataset(Dataset):
             raise ValueError("rows and targets differ in length")
         self.img_size = int(img_size)
         self.augment = augment
+        source_was_cache = source == "cache"
         st = open_store(self.store_path, "r")
         cache = st.images.cache_size
+        if source not in ("auto", "cache", "png"):
+            raise HpaError(f"image source must be auto, cache or png, not {source!r}")
         if source == "auto":
             source = "cache" if cache is not None and cache >= self.img_size else "png"
         if source == "cache" and cache is None:
             raise HpaError(f"the store {self.store_path} has no pixel cache; ingest with --cache-size or read PNGs")
-        if source not in ("cache", "png"):
-            raise HpaError(f"image source must be auto, cache or png, not {source!r}")
+        # rows whose cached pixels were written (marker set); the others are read from their PNGs
+        # (source auto) or refused (source cache): never a row of zeros
+        self.cached = st.images.cache_present()[self.rows] if source == "cache" else np.zeros(len(self.rows), bool)
+        if source_was_cache and not self.cached.all():
+            raise HpaError(f"{int((~self.cached).sum())} of the {len(self.rows)} images have no pixels in the "
+                           f"store's cache; run `hpa ingest` on the dataset again to fill it, or read the PNGs")
+        if source == "cache" and not self.cached.all():
+            source = "cache+png" if self.cached.any() else "png"
         self.source = source
         self._store = None
         self._pid = None
@@ -91,9 +100,9 @@ class StoreImageDataset(Dataset):
     def read(self, i: int) -> np.ndarray:
         table = self._table()
         row = int(self.rows[i])
-        px = table.read_cache(row) if self.source == "cache" else table.read_image(row)
+        px = table.read_cache(row) if self.cached[i] else table.read_image(row)
         if px.shape[1] != self.img_size or px.shape[2] != self.img_size:
-            from ..data.pngio import resize_rgby
+            from ..io.png import resize_rgby
 
             px = resize_rgby(px, self.img_size)
         return px

@@ -133,4 +133,6 @@ def make_loss(name: str, **kwargs) -> Loss:
 
 
 def loss_names() -> list[str]:
+    """Every loss name this module builds (``builtin/losses.py`` lists them without torch;
+    a test keeps the two in step)."""
     return [*BASE_LOSSES, *(f"soft-{n}" for n in BASE_LOSSES)]

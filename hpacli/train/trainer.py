@@ -14,12 +14,14 @@
 - Checkpoints (``last.pt`` every ``save_every`` batches / ``save_minutes`` and after each
   validation; ``best.pt`` on a better ``best_metric``) hold the model, optimizer, position
   (epoch, batch, step, micro-batch within the accumulation cycle and its gradients), RNG
-  states and the model config. ``resume=True`` continues from ``last.pt`` exactly.
+  states, the model config and the backbone's provider. ``resume=True`` continues from
+  ``last.pt`` exactly.
 - Validation every epoch (and at start with ``eval_at_start``) through ``metrics_fn(logits,
-  targets) -> dict`` (default: focal loss ``val_loss`` and macro average precision ``map``);
+  targets) -> dict`` (default: focal loss ``val_loss`` and macro average precision ``map``,
+  :mod:`hpacli.train.metrics`);
   a CSV log (``log.csv``), TensorBoard when installed, rich progress (loss, lr, img/s).
 - GPU: bf16 autocast and channels_last; DistributedDataParallel when launched by
-  ``torchrun`` (``WORLD_SIZE`` > 1); only rank 0 writes.
+  ``torchrun`` (``WORLD_SIZE`` > 1, :mod:`hpacli.train.distributed`); only rank 0 writes.
 
 Datasets take items ``(index, aug_seed)`` (see :mod:`hpacli.train.data`).
 """
@@ -41,14 +43,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import HpaError
-from .checkpoint import (
-    get_rng_state,
-    model_config_of,
-    plain,
-    read_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from ..models.build import model_config_of
+from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..plaindata import to_plain as plain
+from ..summary import Summary
+from .distributed import setup_distributed
+from .metrics import default_metrics
+from .rng import get_rng_state, set_rng_state
 from .schedules import check_schedule, lr_at
 
 LAST = "last.pt"
@@ -86,91 +87,27 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------- metrics
-def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Average precision of one class: Σ (R_n − R_{n−1}) P_n over distinct score thresholds
-    (tied scores enter together); NaN when there is no positive."""
-    scores = np.asarray(scores, dtype=np.float64)
-    truth = np.asarray(truth) > 0.5
-    n_pos = int(truth.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order]
-    tp = np.cumsum(t)
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp_at = tp[last_of_tie]
-    precision = tp_at / (last_of_tie + 1)
-    recall = tp_at / n_pos
-    d_recall = np.diff(np.r_[0.0, recall])
-    return float(np.sum(d_recall * precision))
-
-
-def macro_map(logits: np.ndarray, targets: np.ndarray) -> float:
-    aps = [average_precision(logits[:, c], targets[:, c]) for c in range(targets.shape[1])]
-    aps = [a for a in aps if not math.isnan(a)]
-    return float(np.mean(aps)) if aps else float("nan")
-
-
-def default_metrics(loss_name: str = "focal") -> Callable[[np.ndarray, np.ndarray], dict]:
-    """Validation metrics of the image model: ``val_loss`` (focal by default) and macro ``map``."""
-    from ..registry import create_loss
-
-    loss_fn = create_loss(loss_name)
-
-    def metrics(logits: np.ndarray, targets: np.ndarray) -> dict:
-        with torch.no_grad():
-            loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(targets)))
-        return {"val_loss": loss, "map": macro_map(logits, targets)}
-
-    return metrics
-
-
-# ---------------------------------------------------------------------- distributed
 @dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+class TrainSummary(Summary):
+    """What a training run did (``run_train_image``, ``run_train_cell``, ``Trainer.fit``)."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device: str) -> tuple[Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as tdist
-
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
-        if not tdist.is_initialized():
-            tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(dev)
-        return Dist(rank, world, local), dev
-    return Dist(), resolve_device(device)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HpaError(f"--device {device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HpaError("--device cuda was asked for but no GPU is visible; use --device cpu or auto")
-    return dev
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0
+    step: int = 0
+    images_seen: int = 0
+    best_metric: str = ""
+    best_value: float | None = None
+    best_epoch: int | None = None
+    last: str = ""
+    best: str = ""
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+    n_train: int | None = None  # training items (images or cells)
+    n_val: int | None = None
+    source: str | None = None  # image model: pixels from the cache or the PNGs
+    n_selected: int | None = None  # cell model: selected cells set to 1
+    cell_map_available: bool | None = None  # cell model: cell_map asked for and the validation images have truth
+    read_cell_truth: bool | None = None  # cell model: the run read cell truth (only analyses named as such)
 
 
 class ItemSampler(Sampler):
@@ -233,6 +170,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.model = model
         self.model_config = model_config_of(model, model_config)
+        self.provider = getattr(model, "hpa_provider", None)
         self.train_ds = train_ds
         self.val_ds = val_ds
         self.loss_fn = loss_fn or create_loss(cfg.loss)
@@ -283,6 +221,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoints
+    def _provider_entry(self) -> dict:
+        return {"backbone_provider": plain(self.provider)} if isinstance(self.provider, dict) else {}
+
     def _state(self) -> dict:
         grads = None
         if self.micro > 0:
@@ -293,6 +234,7 @@ class Trainer:
             }
         return {
             "model_config": self.model_config,
+            **self._provider_entry(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.cfg.schedule, "lr_mult": self.cfg.lr_mult, "epoch_offset": self.cfg.epoch_offset},
@@ -331,6 +273,7 @@ class Trainer:
                 self.out / BEST,
                 {
                     "model_config": self.model_config,
+                    **self._provider_entry(),
                     "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                     "epoch": self.epoch,
                     "step": self.step,
@@ -474,7 +417,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
-    def fit(self) -> dict:
+    def fit(self) -> TrainSummary:
         cfg = self.cfg
         self.dist, self.device = setup_distributed(cfg.device)
         self._cl = cfg.channels_last and self.device.type == "cuda"
@@ -528,19 +471,19 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
-        return {
-            "epoch": self.epoch if self.batch_in_epoch else self.epoch - 1,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "images_seen": self.images_seen,
-            "best_metric": self.best_key,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "last": str(self.out / LAST),
-            "best": str(self.out / BEST),
-            "history": self.history,
-            "stopped_early": self.stopped_early,
-        }
+        return TrainSummary(
+            epoch=self.epoch if self.batch_in_epoch else self.epoch - 1,
+            batch_in_epoch=self.batch_in_epoch,
+            step=self.step,
+            images_seen=self.images_seen,
+            best_metric=self.best_key,
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            last=str(self.out / LAST),
+            best=str(self.out / BEST),
+            history=self.history,
+            stopped_early=self.stopped_early,
+        )
 
     def _train_epochs(self) -> None:
         cfg = self.cfg

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import DeviceOpt, QuietOpt
+from ..options import DeviceOpt, JsonOpt, QuietOpt
 
 
 def command(
@@ -30,6 +30,7 @@ def command(
                      "(default: image and the pipeline's best row)."),
     ] = None,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Generate a synthetic dataset and run every stage on it (ingest → ... → evaluate); re-running resumes."""
     import shutil
@@ -64,9 +65,14 @@ def command(
         return
     settings = replace(settings, seed=seed)
     settings.check()
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         result = run_demo(out, settings, device=device, progress=progress,
                           log=lambda msg: progress.console.print(msg, highlight=False))
+    if json_out:
+        from ..render import print_json
+
+        print_json(result)
+        return
     for table in demo_tables(result):
         console.print(table)
     console.print(f"artifacts in {out}: hpa.zarr, runs/, submission.csv (the pipeline), submission_image_model.csv "

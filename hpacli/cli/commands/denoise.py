@@ -1,4 +1,4 @@
-"""hpa denoise: graph label de-noising of a pseudo-label run, per cell fold."""
+"""hpa denoise: label de-noising of a pseudo-label run, per cell fold, by a registered denoiser."""
 
 from __future__ import annotations
 
@@ -7,38 +7,36 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, StoreOpt
+from ...registry import completer
+from ..options import JsonOpt, OverwriteOpt, PluginOptionsOpt, QuietOpt, StoreOpt
 
 
 def command(
     store: StoreOpt = Path("hpa.zarr"),
     run: Annotated[str, typer.Option("--run", "-r", help="The pseudo-label run to de-noise.")] = "default",
     fold: Annotated[str, typer.Option("--fold", help="A de-noising cell fold (0, 1, ...) or 'all'.")] = "all",
-    denoiser: Annotated[str, typer.Option("--denoiser", help="A registered denoiser (`hpa plugins`).")] = "graph-l1",
-    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per cell in the kNN graph.")] = 200,
-    n_eig: Annotated[int, typer.Option("--n-eig", min=1, help="Laplacian eigenpairs (smallest).")] = 50,
-    lam: Annotated[float, typer.Option("--lambda", min=0, help="Weight λ of ‖diag(√Λ)A‖₁.")] = 0.001,
-    gamma: Annotated[float, typer.Option("--gamma", min=0, help="Weight γ of ‖Y − Y_init‖₁.")] = 0.12,
-    rtol: Annotated[float, typer.Option("--rtol", min=0, help="Stop: relative change per entry below this...")] = 0.01,
-    stop_frac: Annotated[float, typer.Option("--stop-frac", help="...for at least this fraction of entries.")] = 0.999,
-    max_iter: Annotated[int, typer.Option("--max-iter", min=1, help="At most this many alternations.")] = 1000,
-    knn: Annotated[str, typer.Option("--knn", help="auto (exact ≤ 20k cells, else PCA + IVF), exact, pca-exact, "
-                                     "ivf, hnsw.")] = "auto",
-    pca_dim: Annotated[int, typer.Option("--pca-dim", min=0, help="PCA dimensions before approximate search "
-                                         "(0 = none).")] = 128,
-    nprobe: Annotated[int, typer.Option("--nprobe", min=0, help="IVF cells searched per query "
-                                        "(0 = 5 % of them, at least 24).")] = 0,
-    eig_tol: Annotated[float, typer.Option("--eig-tol", min=0, help="Lanczos tolerance.")] = 1e-6,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="faiss threads (0 = all cores).")] = 0,
-    recall_sample: Annotated[int, typer.Option("--recall-sample", min=0, help="Query cells to measure the kNN "
-                                               "recall@k against exact search (0 = skip).")] = 300,
+    denoiser: Annotated[str, typer.Option("--denoiser", help="A registered denoiser (`hpa plugins`).",
+                                          autocompletion=completer("denoiser"))] = "graph-l1",
+    option: PluginOptionsOpt = None,
+    k: Annotated[int | None, typer.Option("--k", min=2, help="Alias of -o k=N: graph-l1's kNN graph size per cell, "
+                                          "the cell itself counted (default 200 = the cell + 199 others).",
+                                          show_default=False)] = None,
+    n_eig: Annotated[int | None, typer.Option("--n-eig", min=1, help="Alias of -o n_eig=N: graph-l1's Laplacian "
+                                              "eigenpairs (default 50).", show_default=False)] = None,
+    recall_sample: Annotated[int, typer.Option("--recall-sample", min=0, help="Query cells to measure the recall@k "
+                                               "of approximate neighbour lists against exact search "
+                                               "(0 = skip).")] = 300,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """De-noise pseudo-labels on a kNN graph of the cell embeddings (per cell fold, resumable).
+    """De-noise pseudo-labels per cell fold (resumable); the denoiser's own options go with -o.
 
-    Y_init = the 19 probabilities + "nothing there" (1 − max); Y_opt minimises
-    ½‖Y − VA‖² + λ‖diag(√Λ)A‖₁ + γ‖Y − Y_init‖₁ over the graph's 50 smoothest eigenvectors V.
+    graph-l1 (default): Y_init = the 19 probabilities + "nothing there" (1 − max); Y_opt minimises
+    ½‖Y − VA‖² + λ‖diag(√Λ)A‖₁ + γ‖Y − Y_init‖₁ over the 50 smoothest eigenvectors V of a kNN
+    graph of the cell embeddings. Its options: k, n_eig, lam, gamma, tol, rtol, stop_frac,
+    max_iter, knn (auto, exact, pca-exact, ivf, hnsw), pca_dim, nprobe, eig_tol, threads, seed
+    (e.g. -o lam=0.002 -o knn=exact; `hpa plugins --options denoiser graph-l1`).
     """
     from rich.table import Table
 
@@ -46,6 +44,8 @@ def command(
     from ...label.denoise import run_denoise
     from ...progress import console, make_progress
     from ...store import open_store
+    from ..plugin_options import parse_options
+    from ..render import print_json
 
     folds: str | list[int] = "all"
     if fold != "all":
@@ -53,14 +53,14 @@ def command(
             folds = [int(f) for f in fold.split(",")]
         except ValueError:
             raise HpaError(f"--fold must be 'all' or fold numbers like 0 or 0,2; got {fold!r}") from None
-    params = {"k": k, "n_eig": n_eig, "lam": lam, "gamma": gamma, "rtol": rtol, "stop_frac": stop_frac,
-              "max_iter": max_iter}
-    if denoiser == "graph-l1":
-        params.update(knn=knn, pca_dim=pca_dim, nprobe=nprobe or None, eig_tol=eig_tol, threads=threads or None)
-    st = open_store(store, "a")
-    with make_progress(disable=quiet) as progress:
+    params = parse_options(option, {"k": k, "n_eig": n_eig})
+    st = open_store(store, "r+")  # never create a store here
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_denoise(st, run, folds, denoiser, params, overwrite=overwrite, recall_sample=recall_sample,
                               progress=progress)
+    if json_out:
+        print_json(summary)
+        return
     table = Table(title=f"de-noised {run!r} ({denoiser})")
     for col in ("fold", "cells", "iterations", "objective", "kNN", "recall@k", "seconds (kNN / eig / solve)"):
         table.add_column(col)

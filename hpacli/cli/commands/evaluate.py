@@ -21,9 +21,11 @@ def command(
         str,
         typer.Option(
             "--ties",
-            help="Equal scores: group (one threshold, order-independent) or first (order of appearance).",
+            help="Equal scores: submission (ranked one by one in file order: images as listed, triples as "
+            "written; a score the Open Images evaluator gives for that order) or group (one point per tie group, "
+            "order-independent; the evaluator's score when tied false positives come first).",
         ),
-    ] = "group",
+    ] = "submission",
     json_out: Annotated[
         str | None,
         typer.Option("--json", help="Also write {mAP, per_class_AP} as JSON to this path ('-' for stdout)."),

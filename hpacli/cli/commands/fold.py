@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import SeedOpt, StoreOpt
+from ..options import JsonOpt, SeedOpt, StoreOpt
 
 
 def command(
@@ -30,6 +30,7 @@ def command(
     negatives: Annotated[
         str, typer.Option("--negatives", help="all, or obvious: keep only Negative images flagged by `hpa negatives`.")
     ] = "all",
+    json_out: JsonOpt = False,
 ) -> None:
     """Make folds and store them with their parameters; the same seed gives the same folds."""
     from rich.table import Table
@@ -37,11 +38,11 @@ def command(
     from ...errors import HpaError
     from ...progress import console
     from ...store import open_store
+    from ...store.core import check_name
+    from ..render import print_json
 
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise HpaError(f"--name may hold letters, digits, - and _ only, not {name!r}")
-    open_store(store, "r")  # a clear error when there is no store
-    st = open_store(store, "a")
+    check_name(name, "fold set")
+    st = open_store(store, "r+")  # a clear error when there is no store
     if cells:
         if drop_duplicates or ignore_duplicates or negatives != "all":
             raise HpaError("--cells makes cell folds; --drop-duplicates, --ignore-duplicates and --negatives "
@@ -50,14 +51,17 @@ def command(
 
         k = n_splits or 3
         summary = run_cell_folds(st, n_splits=k, seed=seed, name=name)
+        if json_out:
+            print_json(summary)
+            return
         table = Table(title=f"cell folds {name!r} ({k} folds, seed {seed})")
         table.add_column("")
         for f in range(k):
             table.add_column(f"fold {f}", justify="right")
-        table.add_row("cells", *(f"{c:,}" for c in summary["cells_per_fold"]))
+        table.add_row("cells", *(f"{c:,}" for c in summary.cells_per_fold))
         console.print(table)
-        console.print(f"{summary['in_folds']:,} of {summary['n_cells']:,} cells in folds "
-                      f"(test images' cells take none); {summary['single_cell_images']:,} single-cell image(s) "
+        console.print(f"{summary.in_folds:,} of {summary.n_cells:,} cells in folds "
+                      f"(test images' cells take none); {summary.single_cell_images:,} single-cell image(s) "
                       "placed by a seeded draw")
         return
     if drop_duplicates and ignore_duplicates:
@@ -67,17 +71,20 @@ def command(
     k = n_splits or 5
     duplicates = "drop" if drop_duplicates else "ignore" if ignore_duplicates else "group"
     summary = run_fold(st, n_splits=k, seed=seed, name=name, duplicates=duplicates, negatives=negatives)
+    if json_out:
+        print_json(summary)
+        return
     table = Table(title=f"image folds {name!r}: label distribution ({k} folds, seed {seed}, duplicates: {duplicates})")
-    rows = summary["distribution"]
+    rows = summary.distribution
     for col in rows[0]:
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in rows:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
     console.print(table)
-    notes = [f"{summary['in_folds']:,} of {summary['n_images']:,} images in folds",
-             f"{summary['test_or_unlabelled']:,} test/unlabelled"]
-    if summary["dropped_duplicates"]:
-        notes.append(f"{summary['dropped_duplicates']:,} duplicate(s) dropped")
-    if summary["excluded_negatives"]:
-        notes.append(f"{summary['excluded_negatives']:,} Negative image(s) without obvious staining left out")
+    notes = [f"{summary.in_folds:,} of {summary.n_images:,} images in folds",
+             f"{summary.test_or_unlabelled:,} test/unlabelled"]
+    if summary.dropped_duplicates:
+        notes.append(f"{summary.dropped_duplicates:,} duplicate(s) dropped")
+    if summary.excluded_negatives:
+        notes.append(f"{summary.excluded_negatives:,} Negative image(s) without obvious staining left out")
     console.print("; ".join(notes))

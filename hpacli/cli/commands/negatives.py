@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, OverwriteOpt, QuietOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -23,19 +23,28 @@ def command(
     workers: WorkersOpt = 2,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Score every cell of the Negative images (resumable); store per-cell and per-image flags."""
     from rich.table import Table
 
+    from ...outpaths import check_out_file
     from ...prep.negatives import negatives_png, run_negatives
     from ...progress import console, make_progress
     from ...store import open_store
 
-    open_store(store, "r")  # a clear error when there is no store
-    st = open_store(store, "a")
-    with make_progress(disable=quiet) as progress:
+    check_out_file(png, "--png")  # before anything is stored
+    st = open_store(store, "r+")  # a clear error when there is no store
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
                                 progress=progress)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    drawn = negatives_png(st, png)
+    if json_out:
+        from ..render import print_json
+
+        print_json({**summary.as_dict(), "png": str(png) if drawn else None})
+        return
     table = Table(title=f"obvious-staining negatives (mean of the {top_k} brightest green pixels >= {threshold:g})")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -43,13 +52,11 @@ def command(
                        ("  scored", "scored_images"), ("  flagged", "flagged_images"),
                        ("cells scored", "scored_cells"), ("cells flagged", "flagged_cells"),
                        ("skipped (problems)", "n_problems")):
-        table.add_row(label, f"{summary[key]:,}")
+        table.add_row(label, f"{getattr(summary, key):,}")
     console.print(table)
-    if summary["problems"]:
+    if summary.problems:
         from ..render import problems_table
 
-        console.print(problems_table(summary["problems"]))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    drawn = negatives_png(st, png)
+        console.print(problems_table(summary.problems))
     if drawn:
         console.print(f"{drawn} cell(s) drawn in {png}")

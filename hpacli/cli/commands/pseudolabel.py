@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import BatchOpt, DeviceOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
+from ..options import BatchOpt, DeviceOpt, JsonOpt, OverwriteOpt, QuietOpt, ShardOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -28,12 +28,8 @@ def command(
     keep_duplicates: Annotated[
         bool, typer.Option("--keep-duplicates", help="Also label the 2nd, 3rd... member of each duplicate group.")
     ] = False,
-    shard: ShardOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 16,
-    workers: WorkersOpt = 2,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    shard: ShardOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = 16, workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Label every cell of the validation images of each model's fold (out of fold).
 
@@ -41,9 +37,6 @@ def command(
     fill its input; sigmoid and embedding averaged over the views. Resumable; run
     `--shard i/n` in n processes (or on n GPUs) at once to split the work.
     """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.table import Table
 
     from ...label.pseudolabel import run_pseudolabel
@@ -51,13 +44,18 @@ def command(
     from ...store import open_store, parse_shard
 
     view_list = tuple(v.strip() for v in views.split(",") if v.strip())
-    st = open_store(store, "a")
-    with make_progress(disable=quiet) as progress:
+    st = open_store(store, "r+")  # never create a store here
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_pseudolabel(
             st, models, run=run, shard=parse_shard(shard), batch_size=batch_size, device=device, workers=workers,
             views=view_list, skip_duplicates=not keep_duplicates, folds=folds, overwrite=overwrite,
             progress=progress,
         )
+    if json_out:
+        from ..render import print_json
+
+        print_json(summary)
+        return
     table = Table(title=f"pseudo-labels {run!r}", show_header=False)
     table.add_row("cells labelled now", f"{summary.cells_labelled:,}")
     table.add_row("cells with an out-of-fold model", f"{summary.cells_assigned:,} of {summary.cells_total:,}")

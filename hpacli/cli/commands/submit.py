@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import QuietOpt, StoreOpt, WorkersOpt
+from ..options import JsonOpt, QuietOpt, StoreOpt, WorkersOpt
 
 
 def command(
@@ -37,6 +37,7 @@ def command(
     split: Annotated[str, typer.Option("--split", help="With --out: images to submit: test, dev, train or all.")] = "test",
     workers: WorkersOpt = 2,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write a Kaggle submission from the stored cell predictions (--out), or validate one (--check)."""
     from ...errors import InputError
@@ -44,21 +45,28 @@ def command(
     if check is None and out is None:
         raise InputError("nothing to do: give --out FILE (write from the store) or --check FILE")
     if out is not None:
-        _run_write(out, store, predictions, min_conf, classes, split, workers, quiet)
+        _run_write(out, store, predictions, min_conf, classes, split, workers, quiet, json_out)
     if check is not None:
         _run_check(check, images, max_problems)
 
 
 def _run_write(out: Path, store: Path, predictions: str, min_conf: float, classes: str | None, split: str,
-               workers: int, quiet: bool) -> None:
+               workers: int, quiet: bool, json_out: bool = False) -> None:
     from ...evaluate.write import parse_classes, write_submission
+    from ...outpaths import check_out_file
     from ...progress import console, make_progress
     from ...store import open_store
 
+    check_out_file(out, "--out")
     st = open_store(store, "r")
-    with make_progress(transient=True, disable=quiet) as progress:
+    with make_progress(transient=True, disable=quiet or json_out) as progress:
         s = write_submission(st, predictions=predictions, out=out, min_conf=min_conf, classes=parse_classes(classes),
                              split=split, workers=workers, progress=progress)
+    if json_out:
+        from ..render import print_json
+
+        print_json(s)
+        return
     console.print(
         f"[green]wrote[/] {out}: {s.images} image(s) ({s.images_without_cells} without cells), {s.cells:,} cell(s), "
         f"{s.triples:,} triple(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f} s; passed the submission check",
@@ -92,4 +100,6 @@ def _run_check(path: Path, images: Path | None, max_problems: int) -> None:
         table.add_row("", "...", f"{report.problems.count - len(report.problems.items)} more")
     console.print(table)
     console.print(f"[bold red]not ready to submit:[/] {path}: {summary}", highlight=False)
-    raise typer.Exit(1)
+    from ...errors import EXIT_PROBLEMS
+
+    raise typer.Exit(EXIT_PROBLEMS)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import QuietOpt, SeedOpt, WorkersOpt
+from ..options import JsonOpt, QuietOpt, SeedOpt, WorkersOpt
 
 
 def command(
@@ -32,6 +32,7 @@ def command(
     force: Annotated[bool, typer.Option("--force", help="Replace a dataset already in OUT.")] = False,
     workers: WorkersOpt = 1,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write synthetic images whose cells show known patterns, weak image labels, and the cell truth."""
     import time
@@ -45,9 +46,14 @@ def command(
     cfg = SynthConfig(n_images=n_images, size=size, test_images=test_images, dev_images=dev_images, bits=bits,
                       seed=seed, noise=noise, variability=variability)
     t0 = time.perf_counter()
-    with make_progress(disable=quiet) as progress:
+    with make_progress(disable=quiet or json_out) as progress:
         summary = run_synth(out, cfg, force=force, workers=workers, progress=progress)
     took = time.perf_counter() - t0
+    if json_out:
+        from ..render import print_json
+
+        print_json(summary)
+        return
     if not quiet:
         table = Table(title="train set: cells and image labels per class", show_lines=False)
         table.add_column("class", justify="right")

@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
+from ...registry import completer
 from ..options import (
     AccumOpt,
     DeviceOpt,
     EpochOffsetOpt,
     EpochsOpt,
+    JsonOpt,
     LrMultOpt,
+    PluginOptionsLongOpt,
     QuietOpt,
     ScheduleOpt,
     SeedOpt,
@@ -29,8 +32,8 @@ def command(
     ] = "default",
     selection: Annotated[
         str | None,
-        typer.Option("--selection", help="Accepted selection (`hpa select-mitotic ... --accept`): its cells get 1 "
-                     "for its class."),
+        typer.Option("--selection", help="Reviewed (`hpa review`) or accepted (`hpa select-mitotic ... --accept`) "
+                     "selection: its accepted cells get 1 for its class."),
     ] = None,
     targets: Annotated[
         str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage; "
@@ -50,8 +53,10 @@ def command(
     ] = None,
     backbone: Annotated[
         str | None,
-        typer.Option("--backbone", help="Registered backbone / timm name (default: --init-from's, else densenet121-hpa)."),
+        typer.Option("--backbone", help="Registered backbone / timm name (default: --init-from's, else densenet121-hpa).",
+                     autocompletion=completer("backbone")),
     ] = None,
+    option: PluginOptionsLongOpt = None,
     img_size: Annotated[int, typer.Option("--img-size", min=16, help="Side of the cell crops fed to the model.")] = 512,
     work_size: Annotated[
         int | None,
@@ -93,6 +98,7 @@ def command(
     workers: WorkersOpt = 2,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Train the cell-level classifier on one fold (checkpoints last.pt/best.pt, log.csv).
 
@@ -101,13 +107,13 @@ def command(
     --targets truth names it.
     Multi-GPU: `torchrun --nproc_per_node N -m hpacli.cli.app train-cell ...` (same options).
     """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ...errors import HpaError
     from ...store import open_store
-    from ...train.cell import BEST_METRICS, FITS, TARGET_KINDS, run_train_cell
-    from ..training import report_trained, training_display
+    from ...train.cell import BEST_METRICS, run_train_cell
+    from ...train.cell_data import FITS
+    from ...train.cell_targets import TARGET_KINDS
+    from ..plugin_options import parse_options
+    from ..training import is_rank0, report_trained, training_display
 
     if best_metric not in BEST_METRICS:
         raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
@@ -118,10 +124,10 @@ def command(
     out = out or Path("runs/cell") / f"fold{fold}"
     st = open_store(store, "r")
 
-    with training_display(quiet) as (progress, log):
+    with training_display(quiet or json_out) as (progress, log):
         summary = run_train_cell(
             st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, mask_labels=mask_labels,
-            backbone=backbone,
+            backbone=backbone, backbone_options=parse_options(option),
             init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
             progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
@@ -129,4 +135,10 @@ def command(
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )
+    if json_out:
+        from ..render import print_json
+
+        if is_rank0():
+            print_json(summary)
+        return
     report_trained("cell model", fold, summary, "cells", out)

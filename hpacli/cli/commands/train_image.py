@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
+from ...registry import completer
 from ..options import (
     AccumOpt,
     DeviceOpt,
     EpochOffsetOpt,
     EpochsOpt,
+    JsonOpt,
     LrMultOpt,
+    PluginOptionsLongOpt,
     QuietOpt,
     ScheduleOpt,
     SeedOpt,
@@ -26,13 +29,10 @@ def command(
     fold: Annotated[int, typer.Option("--fold", "-f", min=0, help="Validation fold; the others train.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/image/fold<F>).")] = None,
     backbone: Annotated[
-        str, typer.Option("--backbone", help="densenet121-hpa (the seed's) or any registered backbone / timm name.")
+        str, typer.Option("--backbone", help="densenet121-hpa (the seed's) or any registered backbone / timm name.",
+                          autocompletion=completer("backbone"))
     ] = "densenet121-hpa",
-    global_pool: Annotated[
-        str | None,
-        typer.Option("--global-pool", help="Pooling of a timm backbone, e.g. catavgmax (average and max side by side, "
-                     "as the seed's DenseNet head: a pattern of a few cells survives pooling). Default: the backbone's."),
-    ] = None,
+    option: PluginOptionsLongOpt = None,
     img_size: Annotated[int, typer.Option("--img-size", min=32, help="Training image size (pixels).")] = 1024,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per micro-batch.")] = 8,
     accum: AccumOpt = 200,
@@ -66,31 +66,37 @@ def command(
     workers: WorkersOpt = 2,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Train the image-level classifier on one fold (checkpoints last.pt/best.pt, log.csv).
 
     Multi-GPU: `torchrun --nproc_per_node N -m hpacli.cli.app train-image ...` (same options).
     """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ...errors import HpaError
     from ...store import open_store
     from ...train.image import run_train_image
-    from ..training import report_trained, training_display
+    from ..plugin_options import parse_options
+    from ..training import is_rank0, report_trained, training_display
 
     if best_metric not in ("map", "loss"):
         raise HpaError(f"--best-metric must be map or loss, not {best_metric!r}")
     out = out or Path("runs/image") / f"fold{fold}"
     st = open_store(store, "r")
 
-    with training_display(quiet) as (progress, log):
+    with training_display(quiet or json_out) as (progress, log):
         summary = run_train_image(
-            st, fold, out, backbone=backbone, global_pool=global_pool, img_size=img_size, negatives=negatives, init_from=init_from,
+            st, fold, out, backbone=backbone, backbone_options=parse_options(option), img_size=img_size,
+            negatives=negatives, init_from=init_from,
             source=source, progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
             epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp=amp, eval_at_start=eval_at_start,
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
             save_minutes=save_minutes,
         )
+    if json_out:
+        from ..render import print_json
+
+        if is_rank0():
+            print_json(summary)
+        return
     report_trained(backbone, fold, summary, "images", out)
