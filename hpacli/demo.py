@@ -455,7 +455,7 @@ def _y_init_signal(store) -> dict:
     spindle cells inside the training images labelled with the spindle (AP), beside chance
     (the share of spindle cells there); and over all de-noised cells."""
     from .store.cells import CellTable
-    from .train.trainer import average_precision
+    from .train.metrics import average_precision
 
     spindle, fold, y_init, matched = _train_spindle_truth(store)
     image = CellTable(store).column("image").astype(np.int64)
