@@ -99,6 +99,19 @@ def test_ensemble_views_and_blend_match_a_hand_computation(setup):
     row = int(np.flatnonzero(sel)[0])
     np.testing.assert_allclose(P.read_probs(store, "img")[row], _reference(store, paths, image, row, views, 1.0)[2],
                                atol=1e-5)
+    # several splits at once: the dev and the test images' cells, no others
+    _predict(store, [], image_model=image, tta=("id",), negative="model", name="scored", split="dev,test")
+    split = store.images.df()["split"].to_numpy()[cells.column("image")]
+    done = np.isfinite(P.read_probs(store, "scored")).all(axis=1)
+    assert np.array_equal(done, np.isin(split, ["dev", "test"])) and (split == "dev").any()
+    with pytest.raises(HpaError, match="--split must be one of"):
+        _predict(store, [], image_model=image, name="bad", split="dev,nope")
+    # several image models (a fold ensemble): their mean
+    other = save_model(tmp / "image2.pt", {"stage": "train-image", "img_size": CROP, "fold": 1}, 8)
+    _predict(store, [], image_model=f"{image},{other}", tta=views, negative="model", name="imgs")
+    want = np.mean([_reference(store, paths, m, row, views, 1.0)[2] for m in (image, str(other))], axis=0)
+    np.testing.assert_allclose(P.read_probs(store, "imgs")[row], want, atol=1e-5)
+    assert np.abs(want - P.read_probs(store, "img")[row]).max() > 1e-3
 
 
 def test_crop_geometry_comes_from_the_checkpoint(setup):

@@ -50,6 +50,17 @@ def test_perfect_predictions_score_one_through_the_cli(truth_store, cli):
     assert len(" ".join(_rows(tmp / "only.csv")["PredictionString"]).split()) < len(" ".join(df["PredictionString"]).split())
 
 
+def test_the_dev_split_is_submitted_and_scored_on_its_own(truth_store, cli):
+    store, root, tmp = truth_store
+    put_predictions(store, perfect_probs(store, root))
+    out = tmp / "dev.csv"
+    assert cli(["submit", "--store", store.path, "--out", out, "--split", "dev", "--quiet"]).exit_code == 0
+    dev = store.images.df().query("split == 'dev'")
+    assert len(dev) == 3 and _rows(out)["ID"].tolist() == dev["ID"].tolist()
+    assert evaluate_files(root / "dev_truth.csv", out).mAP == pytest.approx(1.0)
+    assert not set(_rows(out)["ID"]) & set(_rows(root / "test_truth.csv")["ID"])
+
+
 def test_every_class_gets_a_triple_per_cell_and_min_conf_and_classes_filter(truth_store):
     store, root, tmp = truth_store
     rng = np.random.default_rng(0)
@@ -98,7 +109,10 @@ def test_masks_are_at_the_original_size_when_stored_smaller(tmp_path):
 def test_missing_or_stale_predictions_are_refused_and_nothing_is_written(truth_store):
     store, root, tmp = truth_store
     probs = perfect_probs(store, root)
-    probs[-1] = np.nan  # a test cell (test images come after the train images)
+    from hpacli.store.cells import CellTable
+
+    split = store.images.df()["split"].to_numpy()[CellTable(store).column("image")]
+    probs[np.flatnonzero(split == "test")[-1]] = np.nan  # a test cell
     put_predictions(store, probs)
     out = tmp / "x.csv"
     with pytest.raises(HpaError, match="have no predictions"):

@@ -62,7 +62,12 @@ def test_layout(small):
     sub = pd.read_csv(small / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"] and len(sub) == 4
     assert (sub["PredictionString"] == "").all() and (sub["ImageWidth"] == "96").all()
-    for split, ids in (("train", train["ID"]), ("test", sub["ID"])):
+    dev = pd.read_csv(small / "dev_truth.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(small / "test_truth.csv", dtype=str, keep_default_na=False)
+    assert len(dev) == 4 and list(dev.columns) == list(sub.columns) and (dev["PredictionString"] != "").all()
+    assert test["ID"].tolist() == sub["ID"].tolist()
+    assert not set(dev["ID"]) & (set(train["ID"]) | set(sub["ID"]))  # a split of its own
+    for split, ids in (("train", train["ID"]), ("test", sub["ID"]), ("dev", dev["ID"])):
         for i in ids:
             for c in ("red", "green", "blue", "yellow"):
                 with Image.open(small / split / f"{i}_{c}.png") as im:
@@ -70,8 +75,8 @@ def test_layout(small):
             with Image.open(small / "truth_labels" / f"{i}_cells.png") as im:
                 assert im.mode.startswith("I;16") or im.mode == "I"
     meta = json.loads((small / "synth.json").read_text())
-    assert meta["options"] == {"n_images": 12, "size": 96, "test_images": 4, "bits": 8, "seed": 3,
-                               "noise": 0.05, "variability": 0.3}
+    assert meta["options"] == {"n_images": 12, "size": 96, "test_images": 4, "dev_images": 4, "bits": 8,
+                               "seed": 3, "noise": 0.05, "variability": 0.3}
     assert "mitotic_rate" in meta["rules"]
     with Image.open(small / "preview.png") as im:
         assert im.mode == "RGB" and im.size[0] >= 512
@@ -110,18 +115,18 @@ def test_ingest_reads_layout_and_truth(small, tmp_path):
     st = open_store(store_path)
     df = st.images.df()
     train = pd.read_csv(small / "train.csv", dtype=str)
-    assert len(df) == 16 and (df["split"] == "train").sum() == 12
+    assert len(df) == 20 and (df["split"] == "train").sum() == 12
+    assert (df["split"] == "dev").sum() == 4 and (df["split"] == "test").sum() == 4
     labels = st.images.labels()
     for i, (image_id, text) in enumerate(zip(train["ID"], train["Label"])):
         assert df["ID"].iat[i] == image_id
         assert np.flatnonzero(labels[i]).tolist() == parse_labels(text)
     truth = read_truth(st)
-    assert len(truth) == 16
-    files = pd.concat([pd.read_csv(small / f"{s}_truth.csv", dtype=str, keep_default_na=False)
-                       for s in ("train", "test")])
+    assert len(truth) == 12  # training images only: the scored splits' truth stays in its files
+    files = pd.read_csv(small / "train_truth.csv", dtype=str, keep_default_na=False)
     assert truth["PredictionString"].tolist() == files["PredictionString"].tolist()
     cells = pd.read_csv(small / "cells.csv", dtype={"labels": str})
-    for i in (0, 13):
+    for i in (0, 11):
         lab, classes = truth_label_images(st, i)
         ref = np.asarray(Image.open(small / "truth_labels" / f"{df['ID'].iat[i]}_cells.png")).astype(np.int32)
         assert np.array_equal(lab, ref)
@@ -195,8 +200,8 @@ def test_16bit_through_ingest(tmp_path):
     assert _invoke("ingest", out, "--store", store_path, "--quiet").exit_code == 0
     st = open_store(store_path)
     df = st.images.df()
-    assert len(df) == 4 and (df["bit_depth"] == 16).all()
-    assert len(read_truth(st)) == 4
+    assert len(df) == 5 and (df["bit_depth"] == 16).all()  # 3 train, 1 dev, 1 test
+    assert len(read_truth(st)) == 3
     px = st.images.read_image(0)
     assert px.dtype == np.uint8 and px.shape == (4, 64, 64) and px.max() > 50
 

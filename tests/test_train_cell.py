@@ -338,7 +338,8 @@ def test_cli_train_cell_smoke(setup, cli):
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert all(r["cell_map"] and r["bin_acc"] and r["val_loss"] for r in rows)
+    # the store holds cell truth, but the default run never reads it: no cell_map, best.pt by bin_acc
+    assert all(r["bin_acc"] and r["val_loss"] for r in rows) and "cell_map" not in rows[0]
     from hpacli.models.checkpoint import load_model
 
     model, config = load_model(out / "best.pt")
@@ -348,7 +349,8 @@ def test_cli_train_cell_smoke(setup, cli):
     extra = ck["train_config"]["extra"]
     assert extra["selection"] == "mitotic" and extra["n_selected"] == 1 and extra["stage"] == "train-cell"
     assert ck["train_config"]["loss"] == "soft-focal-symmetric-lovasz-hardlog"
-    assert ck["train_config"]["best_metric"] == "cell_map"
+    assert ck["train_config"]["best_metric"] == "bin_acc" and extra["best_metric"] == "bin_acc"
+    assert torch.load(out / "best.pt", weights_only=True)["best"]["metric"] == "bin_acc"
     with torch.no_grad():
         assert model(torch.rand(2, 4, 32, 32)).shape == (2, N_CLASSES)
     # continue for one more epoch
@@ -362,6 +364,8 @@ def test_cli_train_cell_smoke(setup, cli):
     assert res.exit_code == EXIT_USAGE and "no pseudo-labels 'missing'" in res.output
     res = cli([*args, "--targets", "hard"])
     assert res.exit_code == EXIT_USAGE and "--targets" in res.output
+    res = cli([*args, "--best-metric", "auto"])
+    assert res.exit_code == EXIT_USAGE and "--best-metric must be one of bin_acc" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
         MC.read_cell_input(init)
 
@@ -415,3 +419,52 @@ def test_select_outlier_known_positives_from_the_store(setup, tmp_path):
     res = run_select(store, "emb", cls, top=0, known="outliers", name="rare", out_dir=tmp_path / "sel")
     assert sorted(res.cells.tolist()) == sorted(planted) and res.counts["known"] == len(planted)
     assert "image outliers" in res.rule and (tmp_path / "sel" / "rare_emb.csv").exists()
+
+
+def test_checkpoint_choice_reads_no_truth_unless_named(setup, monkeypatch):
+    """The default best.pt rule works as on real data: a store without truth trains, and with
+    truth in the store nothing reads it until cell_map is asked for by name."""
+    store, labels, _, _, _, tmp = setup
+    res = _train(store, tmp, "plain", epochs=1)  # no truth in the store at all
+    assert res["best_metric"] == "bin_acc" and not res["read_cell_truth"]
+    cell_truth(store, labels)
+
+    def no_truth(*a, **k):
+        raise AssertionError("cell truth was read")
+
+    import hpacli.evaluate.celltruth as CT
+    import hpacli.store.truth as ST
+
+    with monkeypatch.context() as m:
+        for mod, name in ((ST, "truth_label_images"), (ST, "read_has"), (CT, "cell_truth")):
+            m.setattr(mod, name, no_truth)
+        res = _train(store, tmp, "default", epochs=1)
+        assert res["best_metric"] == "bin_acc" and not res["read_cell_truth"]
+        res = _train(store, tmp, "by-loss", epochs=1, best_metric="loss")
+        assert res["best_metric"] == "val_loss" and torch.load(tmp / "by-loss" / "best.pt",
+                                                               weights_only=True)["best"]["metric"] == "val_loss"
+        with pytest.raises(AssertionError, match="cell truth was read"):
+            _train(store, tmp, "named", epochs=1, best_metric="cell_map")
+    res = _train(store, tmp, "named2", epochs=1, best_metric="cell_map")
+    assert res["best_metric"] == "cell_map" and res["read_cell_truth"]
+    assert "cell_map" in next(csv.DictReader(open(tmp / "named2" / "log.csv")))
+    with pytest.raises(HpaError, match="best-metric must be one of"):
+        _train(store, tmp, "bad", epochs=1, best_metric="auto")
+
+
+def test_truth_targets_are_the_true_classes_of_matched_cells(setup):
+    store, labels, _, labelled, _, _ = setup
+    with pytest.raises(HpaError, match="needs cell-level truth"):
+        TC.assemble_targets(store, RUN, targets="truth")
+    classes = cell_truth(store, labels)
+    tg = TC.assemble_targets(store, RUN, targets="truth")
+    from hpacli.store.cells import CellTable
+
+    cells = CellTable(store)
+    image, cid = cells.column("image"), cells.column("cell_id")
+    assert np.array_equal(tg.has, labelled)  # the truth's masks are the segmentation's: every cell matches
+    for r in np.flatnonzero(tg.has):
+        assert np.flatnonzero(tg.y[r]).tolist() == classes[(int(image[r]), int(cid[r]))]
+    assert np.isnan(tg.y[~tg.has]).all()
+    with pytest.raises(HpaError, match="neither --selection nor --mask-labels"):
+        TC.run_train_cell(store, 0, RUN, store.path.parent / "x", targets="truth", mask_labels=True)

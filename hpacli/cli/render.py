@@ -76,32 +76,53 @@ def human_bytes(n: float) -> str:
 
 
 def demo_tables(result) -> list[Table]:
-    """The closing tables of `hpa demo`: scores of (a) and (b), recovery, step times."""
+    """The closing tables of `hpa demo`: every row's scores on dev and test, the selections'
+    recovery, Y_init's spindle signal, step times."""
     from ..classes import MITOTIC_SPINDLE
+    from ..demo import ROWS
 
     scores = result.scores
-    a, b = scores["image-model"], scores["pipeline"]
+    best = scores.get("best")
 
     def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
+        return "n/a" if v is None or v != v else f"{v:.4f}"
+
+    def fmt1(v):
+        return "" if v is None or v != v else f"{v:.1f}"
 
     spindle = str(MITOTIC_SPINDLE)
-    table = Table(title="hpa demo: cell-level scores on the synthetic test images (IoU ≥ 0.6)")
-    table.add_column("")
-    table.add_column("(a) image-level model on cells", justify="right")
-    table.add_column("(b) full pipeline", justify="right")
-    table.add_row("mAP (19 classes)", fmt(a["mAP"]), fmt(b["mAP"]))
-    table.add_row("mitotic spindle AP", fmt(a["per_class_AP"].get(spindle)), fmt(b["per_class_AP"].get(spindle)))
-    rec = scores.get("recovery") or {}
-    denoise = Table(title="de-noising: mitotic-spindle cells missing from the image labels")
-    for col in ("spindle cells (train)", "missing (Y_init < 0.4)", "selected", "recovered", "recall", "precision"):
-        denoise.add_column(col, justify="right")
-    denoise.add_row(str(rec.get("spindle_cells")), str(rec.get("missing_from_labels")), str(rec.get("selected")),
-                    str(rec.get("recovered")), fmt(rec.get("recall")), fmt(rec.get("precision")))
-    times = Table(title="wall time per step")
+    table = Table(title="hpa demo: cell-level scores on the synthetic dev and test images (IoU ≥ 0.6)")
+    for col in ("row", "dev mAP", "test mAP", "test spindle AP"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for row, sc in scores["rows"].items():
+        dev, test = sc.get("dev") or {}, sc.get("test") or {}
+        name = ROWS.get(row, row) + ("  → submission.csv" if row == best else "")
+        table.add_row(name, fmt(dev.get("mAP")), fmt(test.get("mAP")),
+                      fmt((test.get("per_class_AP") or {}).get(spindle)))
+    out = [table]
+    sels = scores.get("selections") or {}
+    if sels:
+        rec = Table(title="selections (analysis): mitotic-spindle training cells missing from the labels")
+        for col in ("rule", "spindle cells", "missing (Y_init < 0.4)", "selected", "recovered", "precision"):
+            rec.add_column(col, justify="left" if col == "rule" else "right")
+        for name, r in sels.items():
+            rec.add_row(name, str(r.get("spindle_cells")), str(r.get("missing_from_labels")), str(r.get("selected")),
+                        str(r.get("recovered")), fmt(r.get("precision")))
+        out.append(rec)
+    sig = (scores.get("y_init_spindle") or {}).get("labelled_images")
+    if sig:
+        t = Table(title="Y_init (image models' pseudo-labels) on the spindle cells of labelled images (analysis)")
+        for col in ("cells", "spindle cells", "AP", "chance"):
+            t.add_column(col, justify="right")
+        t.add_row(str(sig.get("cells")), str(sig.get("spindle_cells")), fmt(sig.get("ap")), fmt(sig.get("chance")))
+        out.append(t)
+    times = Table(title="time per step (CPU: this process and its workers)")
     times.add_column("step")
-    times.add_column("seconds", justify="right")
+    times.add_column("wall s", justify="right")
+    times.add_column("CPU s", justify="right")
+    cpu = getattr(result, "cpu_timings", {}) or {}
     for step, sec in result.timings.items():
-        times.add_row(step, f"{sec:.1f}")
-    times.add_row("total", f"{sum(result.timings.values()):.1f}")
-    return [table, denoise, times]
+        times.add_row(step, f"{sec:.1f}", fmt1(cpu.get(step)))
+    times.add_row("total", f"{sum(result.timings.values()):.1f}", fmt1(sum(cpu.values()) if cpu else None))
+    out.append(times)
+    return out

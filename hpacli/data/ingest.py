@@ -74,11 +74,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def _test_ids(root: Path) -> list[str]:
-    sample = root / "sample_submission.csv"
-    if sample.exists():
-        return _read_csv(sample, ("ID",))["ID"].astype(str).tolist()
-    folder = root / "test"
+def _folder_ids(folder: Path) -> list[str]:
+    """Image IDs of the RGBY PNGs in ``folder`` (sorted)."""
     if not folder.is_dir():
         return []
     ids = set()
@@ -89,6 +86,13 @@ def _test_ids(root: Path) -> list[str]:
             if name.endswith(suffix):
                 ids.add(name[: -len(suffix)])
     return sorted(ids)
+
+
+def _test_ids(root: Path) -> list[str]:
+    sample = root / "sample_submission.csv"
+    if sample.exists():
+        return _read_csv(sample, ("ID",))["ID"].astype(str).tolist()
+    return _folder_ids(root / "test")
 
 
 def kaggle_candidates(root: Path, include_test: bool = True) -> list[Candidate]:
@@ -104,6 +108,9 @@ def kaggle_candidates(root: Path, include_test: bool = True) -> list[Candidate]:
     if include_test:
         for image_id in _test_ids(root):
             out.append(Candidate(image_id, root / "test", "test", "test", None))
+        # a development split (``hpa synth`` writes one): unlabelled like test, scored on its own
+        for image_id in _folder_ids(root / "dev"):
+            out.append(Candidate(image_id, root / "dev", "dev", "dev", None))
     return out
 
 

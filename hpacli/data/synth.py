@@ -14,8 +14,10 @@ the image labels are weak the way the real ones are:
 
 Layout written (what ``hpa ingest`` reads, plus the truth):
 ``train.csv`` (ID,Label), ``train/{ID}_{red,green,blue,yellow}.png``, ``test/`` and
-``sample_submission.csv``, ``train_truth.csv`` / ``test_truth.csv`` (submission format,
-one triple per (cell, label) with confidence 1), ``truth_labels/{ID}_{cells,nuclei}.png``
+``sample_submission.csv``, ``dev/`` (a development split: unlabelled images drawn like the
+test images, to make choices on without reading test truth), ``train_truth.csv`` /
+``dev_truth.csv`` / ``test_truth.csv`` (submission format, one triple per (cell, label)
+with confidence 1), ``truth_labels/{ID}_{cells,nuclei}.png``
 (16-bit instance labels), ``images.csv`` and ``cells.csv`` (what each image and cell
 really shows), ``synth.json`` (every parameter and the counts) and ``preview.png``.
 
@@ -45,7 +47,8 @@ from ..summary import Summary
 from .synth_cells import Geometry, child_rng, make_geometry, reference_channels
 from .synth_patterns import PATTERN_NAMES, pattern_map
 
-SPLIT_CODE = {"train": 1, "test": 2}
+SPLIT_CODE = {"train": 1, "test": 2, "dev": 3}
+SCORED_SPLITS = ("dev", "test")  # unlabelled splits scored against their truth
 
 # image-label frequencies of the 2021 competition's train.csv (approximate), flattened
 # by a power so that rare classes still appear in a few hundred images
@@ -84,6 +87,7 @@ class SynthConfig:
     n_images: int = 200
     size: int = 256
     test_images: int | None = None  # None: a quarter of n_images
+    dev_images: int | None = None  # None: as many as test images
     bits: int = 8
     seed: int = 0
     noise: float = 0.05
@@ -93,6 +97,8 @@ class SynthConfig:
         cfg = SynthConfig(**asdict(self))
         if cfg.test_images is None:
             cfg.test_images = cfg.n_images // 4
+        if cfg.dev_images is None:
+            cfg.dev_images = cfg.test_images
         return cfg
 
     def check(self) -> None:
@@ -100,6 +106,8 @@ class SynthConfig:
             raise InputError("--n-images must be at least 1")
         if self.test_images is not None and self.test_images < 0:
             raise InputError("--test-images must be 0 or more")
+        if self.dev_images is not None and self.dev_images < 0:
+            raise InputError("--dev-images must be 0 or more")
         if not 64 <= self.size <= 4096:
             raise InputError(f"--size must be between 64 and 4096, not {self.size}")
         if self.bits not in (8, 16):
@@ -455,8 +463,8 @@ def write_preview(out: Path, plans: list[ImagePlan], infos: list[dict], labels: 
 
 
 # ---------------------------------------------------------------------------- the whole set
-OUTPUTS = ("train", "test", "truth_labels", "train.csv", "sample_submission.csv", "train_truth.csv",
-           "test_truth.csv", "images.csv", "cells.csv", "synth.json", "preview.png")
+OUTPUTS = ("train", "test", "dev", "truth_labels", "train.csv", "sample_submission.csv", "train_truth.csv",
+           "dev_truth.csv", "test_truth.csv", "images.csv", "cells.csv", "synth.json", "preview.png")
 
 
 @dataclass
@@ -469,6 +477,7 @@ class SynthSummary(Summary):
     train_labels_per_class: dict[int, int]
     preview: Path | None
     notes: list[str]
+    n_dev: int = 0
 
 
 def _prepare(out: Path, force: bool) -> None:
@@ -484,7 +493,7 @@ def _prepare(out: Path, force: bool) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    for sub in ("train", "test", "truth_labels"):
+    for sub in ("train", "test", "dev", "truth_labels"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
@@ -499,6 +508,8 @@ def run_synth(out: Path, config: SynthConfig, *, force: bool = False, workers: i
     splits = {"train": make_plan(cfg, rules, "train", cfg.n_images)}
     if cfg.test_images:
         splits["test"] = make_plan(cfg, rules, "test", cfg.test_images)
+    if cfg.dev_images:
+        splits["dev"] = make_plan(cfg, rules, "dev", cfg.dev_images)
     total = sum(len(p) for p in splits.values())
     task = add_task(progress, "synth", total, unit="img")
     infos: dict[str, list[dict]] = {}
@@ -532,7 +543,7 @@ def run_synth(out: Path, config: SynthConfig, *, force: bool = False, workers: i
     size = cfg.size
     pd.DataFrame({"ID": [p.id for p in test_plans], "ImageWidth": size, "ImageHeight": size,
                   "PredictionString": ""}).to_csv(out / "sample_submission.csv", index=False)
-    for split in ("train", "test"):
+    for split in ("train", "dev", "test"):
         plans = splits.get(split, [])
         pd.DataFrame({"ID": [p.id for p in plans], "ImageWidth": size, "ImageHeight": size,
                       "PredictionString": [r["truth"] for r in infos.get(split, [])]}
@@ -569,9 +580,11 @@ def run_synth(out: Path, config: SynthConfig, *, force: bool = False, workers: i
         "patterns": {str(c): f"{CLASS_NAMES[c]}: {PATTERN_NAMES[c]}" for c in range(N_CLASSES)},
         "layout": {
             "train.csv": "ID,Label (weak image labels)",
-            "train/, test/": "{ID}_{red,green,blue,yellow}.png",
+            "train/, dev/, test/": "{ID}_{red,green,blue,yellow}.png",
             "sample_submission.csv": "test IDs, empty PredictionString",
-            "train_truth.csv, test_truth.csv": "submission format, one triple per (cell, label), confidence 1",
+            "dev/": "development images: unlabelled like test, scored against dev_truth.csv to make choices on",
+            "train_truth.csv, dev_truth.csv, test_truth.csv":
+                "submission format, one triple per (cell, label), confidence 1",
             "truth_labels/": "{ID}_cells.png, {ID}_nuclei.png: 16-bit instance labels (nucleus = its cell's id)",
             "images.csv": "per image: sample, weak Label, TrueLabel (union of its cells), base patterns, counts",
             "cells.csv": "per cell: labels, mitotic, border, area",
@@ -582,7 +595,7 @@ def run_synth(out: Path, config: SynthConfig, *, force: bool = False, workers: i
     (out / "synth.json").write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n")
     preview = write_preview(out, train_plans, infos["train"], labels["train"])
     return SynthSummary(
-        out=out, n_train=len(train_plans), n_test=len(test_plans),
+        out=out, n_train=len(train_plans), n_test=len(test_plans), n_dev=len(splits.get("dev", [])),
         n_cells=sum(len(i["classes"]) for s in infos.values() for i in s),
         cells_per_class={c: int(cells_per_class.get(c, 0)) for c in range(N_CLASSES)},
         train_labels_per_class={c: int(labels_per_class.get(c, 0)) for c in range(N_CLASSES)},

@@ -35,7 +35,8 @@ class TimmClassifier(nn.Module):
         self.config = {"backbone": name, "num_classes": num_classes, "in_chans": in_chans, **kwargs}
         self.norm = Normalize()
         self.model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-        self.embedding_dim = int(self.model.num_features)
+        # the pooled features the classifier reads (2 × num_features with global_pool="catavgmax")
+        self.embedding_dim = int(getattr(self.model.get_classifier(), "in_features", 0) or self.model.num_features)
 
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(self.norm(x))

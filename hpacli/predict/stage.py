@@ -37,7 +37,7 @@ from ..store.work import BlockWork
 from ..summary import Summary
 
 NEGATIVE_RULES = ("max", "independence", "model")
-SPLITS = ("test", "train", "all")
+SPLITS = ("test", "dev", "train", "all")
 
 
 @dataclass
@@ -209,15 +209,22 @@ def ingest_folder(store, folder, workers: int = 2, progress=None):
 
 
 def select_images(store, split: str) -> np.ndarray:
-    """bool ``[N]``: images whose cells are predicted."""
-    if split not in SPLITS:
-        raise HpaError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    """bool ``[N]``: images whose cells are predicted (``split``: one of SPLITS, or several
+    joined by commas, e.g. ``dev,test``)."""
+    parts = [p.strip() for p in str(split).split(",") if p.strip()]
+    bad = [p for p in parts if p not in SPLITS]
+    if not parts or bad:
+        raise HpaError(f"--split must be one of {', '.join(SPLITS)} (or several joined by commas), not {split!r}")
     df = store.images.df()
-    if split == "all":
+    if "all" in parts:
         return np.ones(len(df), dtype=bool)
-    sel = (df["split"].to_numpy().astype(str) == split)
-    if not sel.any():
-        raise HpaError(f"the store has no {split} images; pass --split all (or --images DIR with test images)")
+    have = df["split"].to_numpy().astype(str)
+    sel = np.zeros(len(df), dtype=bool)
+    for part in parts:
+        hit = have == part
+        if not hit.any():
+            raise HpaError(f"the store has no {part} images; pass --split all (or --images DIR with test images)")
+        sel |= hit
     return sel
 
 
@@ -228,7 +235,7 @@ def run_predict(
     store,
     models=(),
     name: str = "default",
-    image_model: str | None = None,
+    image_model=None,
     blend: float = 0.0,
     tta=DEFAULT_TTA,
     negative: str = "max",
@@ -242,7 +249,9 @@ def run_predict(
     block: int = P.BLOCK,
     overwrite: bool = False,
 ) -> PredictSummary:
-    """Predict every cell of the ``split`` images; see the module doc."""
+    """Predict every cell of the ``split`` images; see the module doc. ``image_model``: one
+    image-level checkpoint, or several (a list, a glob, commas), whose probabilities are
+    averaged (e.g. every fold's model)."""
     import torch
 
     from ..store.cells import CellTable
@@ -264,14 +273,17 @@ def run_predict(
     if image_model is None and blend > 0:
         raise HpaError("--blend needs --image-model")
     specs = [load_cell_model(p, crop_size) for p in paths]
-    image_spec = load_image_model(str(image_model)) if image_model is not None else None
+    image_specs = [load_image_model(p) for p in expand_model_paths(image_model)] if image_model is not None else []
+    if image_model is not None and not image_specs:
+        raise InputError(f"--image-model {image_model}: no such checkpoint")
+    image_spec = image_specs[0] if image_specs else None
     w_image = 1.0 if not specs else (float(blend) if image_spec else 0.0)
     dev = resolve_device(device)
     amp = use_amp(dev)
 
     summary = PredictSummary(name=name, device=str(dev))
     chosen = select_images(store, split)
-    all_specs = specs + ([image_spec] if image_spec else [])
+    all_specs = specs + image_specs
     check_not_trained_on(store, all_specs, chosen)  # before any work: segmenting new images takes long
     summary.images_segmented = ensure_segmented(store, segmenter, segmenter_kw, shard, device, progress)
 
@@ -283,7 +295,8 @@ def run_predict(
     selected = chosen[cell_image] if n_cells else np.zeros(0, dtype=bool)
     settings = {
         "models": [s.record() for s in specs],
-        "image_model": image_spec.record() if image_spec else None,
+        "image_model": (None if not image_specs else image_specs[0].record() if len(image_specs) == 1
+                        else [s.record() for s in image_specs]),
         "blend": w_image, "views": list(views), "negative": negative, "split": split,
     }
     key, carried = P.prepare(store, name, n_cells, settings, block=block, overwrite=overwrite)
@@ -331,7 +344,8 @@ def run_predict(
 
         progress = progress or NullProgress()
         task = add_task(progress, f"predict {name}", loop.n_cells, unit="cell",
-                        info=f"{len(specs)} cell model(s){' + image model' if image_spec else ''}, "
+                        info=f"{len(specs)} cell model(s)"
+                             f"{f' + {len(image_specs)} image model(s)' if image_specs else ''}, "
                              f"{len(views)} view(s), {dev}")
         micro = micro_batch_for(dev, batch_size)
 
@@ -357,7 +371,7 @@ def run_predict(
 
         def write(b, buf):
             _write_block(store, name, b, buf, base.pop(b.index), need.pop(b.index), len(specs), w_image, negative,
-                         cell_image, cell_id, cell_bbox)
+                         cell_image, cell_id, cell_bbox, len(image_specs))
             summary.blocks_done += 1
 
         stage.summary = lambda: {**summary.as_dict(), "problems": list(loop.problems)}
@@ -369,14 +383,14 @@ def run_predict(
 
 
 def _write_block(store, name, b, buf, probs, rows, n_cell_models, w_image, negative,
-                 cell_image, cell_id, cell_bbox) -> None:
+                 cell_image, cell_id, cell_bbox, n_image_models: int = 1) -> None:
     local = rows - b.start
     ok = local[~buf["skipped"][local]]
     p = np.zeros((len(ok), N_CLASSES), np.float64)
     if n_cell_models:
         p += (1.0 - w_image) * buf["cell"][ok] / n_cell_models
     if w_image > 0:
-        p += w_image * buf["image"][ok]
+        p += w_image * buf["image"][ok] / max(n_image_models, 1)
     probs[ok] = apply_negative(p.astype(np.float32), negative)
     P.write_block(store, name, b.start, probs, cell_image[b.start:b.stop], cell_id[b.start:b.stop],
                   cell_bbox[b.start:b.stop])

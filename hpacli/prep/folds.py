@@ -170,7 +170,7 @@ def run_fold(
         raise HpaError(f"duplicates must be one of {', '.join(DUPLICATE_MODES)}, not {duplicates!r}")
     df = images.df()
     labels = images.labels()
-    eligible = (df["split"].to_numpy() != "test") & df["labelled"].to_numpy().astype(bool)
+    eligible = (df["split"].to_numpy() == "train") & df["labelled"].to_numpy().astype(bool)
     public = df["source"].to_numpy() == "public"
     excluded_negatives = 0
     if negatives == "obvious":
@@ -197,7 +197,7 @@ def run_fold(
             in_folds=int((fold >= 0).sum()),
             dropped_duplicates=int((eligible & (fold < 0)).sum()),
             excluded_negatives=excluded_negatives,
-            test_or_unlabelled=int((~((df["split"].to_numpy() != "test") & df["labelled"].to_numpy())).sum()),
+            test_or_unlabelled=int((~((df["split"].to_numpy() == "train") & df["labelled"].to_numpy())).sum()),
             distribution=dist,
         )
         run.finish("done", **summary.as_dict())
@@ -216,7 +216,7 @@ def run_cell_folds(store, *, n_splits: int = 3, seed: int = 42, name: str = "def
     n_images = len(offsets) - 1
     df = store.images.df()
     split = df["split"].to_numpy()[:n_images]
-    eligible = split != "test"
+    eligible = split == "train"  # test and dev images are scored, never de-noised
     if len(split) < n_images:
         eligible = np.concatenate([eligible, np.zeros(n_images - len(split), bool)])
     fold = cell_folds(offsets, eligible, n_splits, seed)

@@ -1,7 +1,7 @@
 """The ``images`` table: one row per registered image, plus the optional pixel cache.
 
 Layout (group ``images``; ``n`` rows are committed, rows past ``n`` are ignored):
-``id``, ``source`` (competition | public | test), ``split`` (train | test) as strings;
+``id``, ``source`` (competition | public | test | dev), ``split`` (train | test | dev) as strings;
 ``height``, ``width`` int32; ``bit_depth`` uint8; ``labelled`` bool; ``labels`` uint8
 ``[N, 19]`` multi-hot; ``paths`` string ``[N, 4]`` (R, G, B, Y) relative to the
 ``data_root`` attribute.

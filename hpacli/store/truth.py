@@ -4,8 +4,13 @@ Layout (group ``truth``; rows aligned with the ``images`` table):
 ``prediction_string`` str ``[N]``: the image's truth in the submission format (space-
 separated triples ``label confidence encodedMask``, one per (cell, label));
 ``has_truth`` bool ``[N]``. ``hpa ingest ROOT`` fills it from ``ROOT/train_truth.csv``
-and ``ROOT/test_truth.csv`` (what ``hpa synth`` writes); rows of images that are not in
-the store are ignored.
+(what ``hpa synth`` writes); rows of images that are not in the store are ignored.
+
+Only the training images' truth enters the store, and only analyses read it (the
+recovery counts of ``hpa demo``, the upper-bound ``--targets truth`` of ``hpa
+train-cell``, ``--best-metric cell_map`` when asked for by name). The truth of the
+scored splits (``dev_truth.csv``, ``test_truth.csv``) stays in its files, read by
+``hpa evaluate`` alone, so nothing a run decides can see it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from ..errors import InputError, StoreError
 
 GROUP = "truth"
 ROW_CHUNK = 4096
-TRUTH_FILES = ("train_truth.csv", "test_truth.csv")
+TRUTH_FILES = ("train_truth.csv",)
 COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
-HINT = "ingest a dataset with train_truth.csv / test_truth.csv (e.g. one made by `hpa synth`)"
+HINT = "ingest a dataset with train_truth.csv (e.g. one made by `hpa synth`)"
 
 
 def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
@@ -172,7 +177,7 @@ def truth_label_images(store, image_index: int) -> tuple[np.ndarray, dict[int, s
 
 
 def ingest_truth_files(store, root: Path) -> int:
-    """Read ``root/train_truth.csv`` and ``root/test_truth.csv`` when present and store them."""
+    """Read ``root/train_truth.csv`` when present and store it (scored splits' truth stays out)."""
     frames = []
     for name in TRUTH_FILES:
         path = Path(root) / name

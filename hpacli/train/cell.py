@@ -9,6 +9,8 @@ Composition (the facts file, "Cell-level model"):
   (``targets="soft"``) or the de-noised ``Y_opt`` (``targets="denoised"``, first 19
   columns); cells of an accepted ``selection`` get 1 for the selection's class (both
   from :mod:`hpacli.store.denoise`, run ``denoise_run``, by default ``labels_run``).
+  ``targets="truth"`` is an analysis of synthetic data, asked for by name: the cells' true
+  classes from the store's training truth (the upper bound of what the labels could teach).
 - **Input** (:class:`CellCropDataset`): the masked bbox crop (other cells zeroed), tiled
   2× along the short side when it is under half the long side, zero-padded to a centred
   square and resized to ``img_size`` (``fit="resize"``); or cut from the image resized to
@@ -17,9 +19,11 @@ Composition (the facts file, "Cell-level model"):
 - **Training** is the shared :class:`~hpacli.train.trainer.Trainer` (checkpoints, exact
   resume, AMP, torchrun, progress); the soft-target losses of :mod:`hpacli.train.losses`.
 - **Validation** each epoch (:func:`cell_metrics`): focal loss on the soft targets
-  (``val_loss``), accuracy in 0.05-wide bins of the soft label (``bin_acc``), macro AP
-  against the binarised targets (``map``) and, when the store holds cell-level truth for
-  validation images, the competition's cell-level mAP (``cell_map``) computed by
+  (``val_loss``), accuracy in 0.05-wide bins of the soft label (``bin_acc``) and macro AP
+  against the binarised targets (``map``): what real data allows. ``best.pt`` is kept by
+  ``bin_acc`` (the seed's rule) unless another is named. Only when ``cell_map`` is named
+  (``best_metric="cell_map"``, an analysis of synthetic data) is the store's cell truth
+  read: the competition's cell-level mAP of the validation cells, computed by
   :func:`hpacli.evaluate.metric.evaluate_instances`, the code of ``hpa evaluate``.
 
 Targets and rows live in :mod:`.cell_targets`, the dataset in :mod:`.cell_data`, the
@@ -43,6 +47,8 @@ from .metrics import CellMapScorer, cell_metrics
 from .trainer import TrainConfig, Trainer, TrainSummary
 
 STAGE = "train-cell"
+BEST_METRICS = ("bin_acc", "loss", "map", "cell_map")  # cell_map reads cell truth: an analysis, only by name
+DEFAULT_BEST_METRIC = "bin_acc"  # the seed's: accuracy in 0.05 bins of the soft label
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -127,9 +133,9 @@ def run_train_cell(
     """Train the cell-level model on ``fold``'s training cells, validate on its validation
     cells; checkpoints and ``log.csv`` in ``out``. ``train_kwargs`` are :class:`TrainConfig`
     fields (defaults here: the seed's batch 32, accumulation 4, adam10 × 4, 5 epochs,
-    ``soft-focal-symmetric-lovasz-hardlog``; ``best_metric="auto"`` = ``cell_map`` when the
-    validation images have cell truth, else ``val_loss``). ``backbone_options`` go to a new
-    ``backbone``'s factory."""
+    ``soft-focal-symmetric-lovasz-hardlog``; ``best_metric`` ``bin_acc``, the seed's rule;
+    ``cell_map``, which reads the store's cell truth, only when named). ``backbone_options``
+    go to a new ``backbone``'s factory."""
     from ..models.build import check_outputs
 
     log = log or (lambda msg: None)
@@ -143,6 +149,11 @@ def run_train_cell(
         raise HpaError(f"--fit must be one of {', '.join(FITS)}, not {fit!r}")
     if init_from is not None and not Path(init_from).exists():
         raise HpaError(f"--init-from {init_from} not found")
+    best_metric = train_kwargs.get("best_metric", DEFAULT_BEST_METRIC)
+    if best_metric not in BEST_METRICS:
+        raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
+    if targets == "truth" and (selection or mask_labels):
+        raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
     tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)
     if len(train_rows) == 0:
@@ -157,14 +168,14 @@ def run_train_cell(
         f"{len(train_rows)} training and {len(val_rows)} validation cells at {img_size}px ({tg.source}"
         + (f"; {tg.n_selected} selected cell(s) set to 1" if tg.n_selected else "") + ")"
     )
-    scorer = CellMapScorer(store, val_rows, max_images=max_truth_images, log=log) if len(val_rows) else None
+    scorer = None
+    if best_metric == "cell_map":  # an analysis asked for by name: the only place a run reads cell truth
+        scorer = CellMapScorer(store, val_rows, max_images=max_truth_images, log=log) if len(val_rows) else None
+        if not (scorer is not None and scorer.available):
+            raise HpaError("--best-metric cell_map needs cell-level truth for the validation images (synthetic data)")
     defaults = {"epochs": 5, "batch_size": 32, "accum": 4, "lr_mult": 4.0, "schedule": "adam10",
-                "loss": "soft-focal-symmetric-lovasz-hardlog", "val_loss": "soft-focal", "best_metric": "auto"}
-    kwargs = {**defaults, **train_kwargs}
-    if kwargs["best_metric"] == "auto":
-        kwargs["best_metric"] = "cell_map" if (scorer is not None and scorer.available) else "val_loss"
-    elif kwargs["best_metric"] == "cell_map" and not (scorer is not None and scorer.available):
-        raise HpaError("--best-metric cell_map needs cell-level truth for the validation images (synthetic data)")
+                "loss": "soft-focal-symmetric-lovasz-hardlog", "val_loss": "soft-focal", "best_metric": best_metric}
+    kwargs = {**defaults, **train_kwargs, "best_metric": best_metric}
     cfg = TrainConfig(out=str(out), **kwargs)
     resuming = cfg.resume and (Path(out) / "last.pt").exists()
     torch.manual_seed(cfg.seed)  # new weights (a new head) the same in every process for one --seed
@@ -191,6 +202,8 @@ def run_train_cell(
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
         "n_selected": int(tg.n_selected),
+        "mask_labels": bool(mask_labels),
+        "best_metric": best_metric,
         "folds_name": folds_name,
         # what the out-of-fold guard of predict checks (hpacli.models.trained_on)
         "trained_on": _trained_on(store, train_rows, fold, folds_name, init_from),
@@ -202,4 +215,5 @@ def run_train_cell(
     summary = trainer.fit()
     summary.n_train, summary.n_val, summary.n_selected = int(len(train_rows)), int(len(val_rows)), int(tg.n_selected)
     summary.cell_map_available = bool(scorer is not None and scorer.available)
+    summary.read_cell_truth = bool(scorer is not None or targets == "truth")
     return summary

@@ -11,7 +11,7 @@ import numpy as np
 from ..classes import N_CLASSES
 from ..errors import HpaError, StoreError
 
-TARGET_KINDS = ("soft", "denoised")
+TARGET_KINDS = ("soft", "denoised", "truth")  # truth: an analysis of synthetic data, only by name
 
 
 def _check_denoise_current(store, run: str) -> dict:
@@ -108,6 +108,8 @@ def assemble_targets(
     if targets not in TARGET_KINDS:
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
     PL.check_current(store, labels_run)
+    if targets == "truth":
+        return truth_targets(store, PL.labelled_mask(store, labels_run))
     if targets == "soft":
         base = PL.read_probs(store, labels_run)
         has = PL.labelled_mask(store, labels_run)
@@ -129,6 +131,22 @@ def assemble_targets(
     out.source = (f"{targets} targets of {labels_run!r}" + (" masked by image labels" if mask_labels else "")
                   + (f" + selection {selection!r}" if selection else ""))
     return out
+
+
+def truth_targets(store, labelled: np.ndarray) -> CellTargets:
+    """Targets from the cell truth of the store's training images (synthetic data only): each
+    pseudo-labelled cell matched to a true cell (IoU ≥ 0.5) gets that cell's classes, 0/1;
+    unmatched cells stay out. An upper bound for the analysis, never a real-data rule."""
+    from ..evaluate.celltruth import cell_truth
+    from ..store.truth import read_has
+
+    if not read_has(store).any():
+        raise HpaError("--targets truth needs cell-level truth in the store (a dataset made by `hpa synth`)")
+    truth, matched = cell_truth(store)
+    has = np.asarray(labelled, dtype=bool) & matched
+    y = truth.astype(np.float32)
+    y[~has] = np.nan
+    return CellTargets(y, has, "true cell classes (analysis upper bound)")
 
 
 def cell_fold_rows(store, fold: int, has: np.ndarray, folds_name: str = "default") -> tuple[np.ndarray, np.ndarray]:

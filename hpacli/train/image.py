@@ -29,7 +29,10 @@ def run_train_image(
     **train_kwargs,
 ) -> TrainSummary:
     """Train the image-level model on ``fold``'s training images, validate on its validation
-    images; checkpoints and log in ``out``. ``train_kwargs`` are :class:`TrainConfig` fields."""
+    images; checkpoints and log in ``out``. ``train_kwargs`` are :class:`TrainConfig` fields.
+    ``backbone_options`` go to the backbone's factory (for a timm backbone e.g.
+    ``{"global_pool": "catavgmax"}``: average and max pooled features side by side, the
+    seed's DenseNet head, so a pattern of a few cells survives pooling)."""
     from .data import StoreImageDataset, select_image_rows
 
     log = log or (lambda msg: None)
@@ -69,6 +72,7 @@ def run_train_image(
         "fold": fold,
         "folds_name": folds_name,
         "backbone": backbone,
+        "backbone_options": dict(backbone_options or {}),
         "img_size": img_size,
         "negatives": negatives,
         "init_from": str(init_from) if init_from else None,

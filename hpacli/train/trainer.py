@@ -109,7 +109,8 @@ class TrainSummary(Summary):
     n_val: int | None = None
     source: str | None = None  # image model: pixels from the cache or the PNGs
     n_selected: int | None = None  # cell model: selected cells set to 1
-    cell_map_available: bool | None = None  # cell model: validation images have cell truth
+    cell_map_available: bool | None = None  # cell model: cell_map asked for and the validation images have truth
+    read_cell_truth: bool | None = None  # cell model: the run read cell truth (only analyses named as such)
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")

@@ -38,7 +38,9 @@ def command(
                                       "test/) as test images; the store is created when missing."),
     ] = None,
     image_model: Annotated[
-        Path | None, typer.Option("--image-model", help="An image-level model (hpa train-image) to blend in.")
+        str | None,
+        typer.Option("--image-model", help="An image-level model (hpa train-image) to blend in, or several "
+                                           "(a glob or commas: averaged, e.g. every fold's); alone, it predicts."),
     ] = None,
     blend: Annotated[
         float, typer.Option("--blend", min=0.0, max=1.0, help="Weight of --image-model: p = (1-w) cells + w image.")
@@ -52,7 +54,8 @@ def command(
                                              "(prod of 1 - p), or model (the models' own output).")
     ] = "max",
     name: Annotated[str, typer.Option("--name", "-n", help="Name of the predictions in the store.")] = "default",
-    split: Annotated[str, typer.Option("--split", help="Images whose cells to predict: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="Images whose cells to predict: test, dev, train or all; "
+                                                         "several joined by commas (dev,test).")] = "test",
     export: Annotated[
         Path | None, typer.Option("--export", help="Also write the per-cell table: .csv, or .parquet (needs pyarrow: "
                                                  "`pipx inject hpacli pyarrow`).")

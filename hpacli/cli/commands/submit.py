@@ -34,7 +34,7 @@ def command(
     classes: Annotated[
         str | None, typer.Option("--classes", help="With --out: only these classes, e.g. 0,1,11 (default all 19).")
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="With --out: images to submit: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="With --out: images to submit: test, dev, train or all.")] = "test",
     workers: WorkersOpt = 2,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,

@@ -17,6 +17,11 @@ def command(
     test_images: Annotated[
         int | None, typer.Option("--test-images", min=0, help="Test images (default: a quarter of --n-images).")
     ] = None,
+    dev_images: Annotated[
+        int | None,
+        typer.Option("--dev-images", min=0, help="Development images, unlabelled like test, with dev_truth.csv: "
+                     "make choices on these, score test once (default: as many as test images)."),
+    ] = None,
     bits: Annotated[int, typer.Option("--bits", help="PNG bit depth: 8 or 16.")] = 8,
     seed: SeedOpt = 0,
     noise: Annotated[float, typer.Option("--noise", help="Noise level (std at full intensity), 0 to 1.")] = 0.05,
@@ -38,8 +43,8 @@ def command(
     from ...data.synth import SynthConfig, run_synth
     from ...progress import console, make_progress
 
-    cfg = SynthConfig(n_images=n_images, size=size, test_images=test_images, bits=bits, seed=seed, noise=noise,
-                      variability=variability)
+    cfg = SynthConfig(n_images=n_images, size=size, test_images=test_images, dev_images=dev_images, bits=bits,
+                      seed=seed, noise=noise, variability=variability)
     t0 = time.perf_counter()
     with make_progress(disable=quiet or json_out) as progress:
         summary = run_synth(out, cfg, force=force, workers=workers, progress=progress)
@@ -61,6 +66,7 @@ def command(
     for note in summary.notes:
         console.print(f"[dim]note:[/] {note}")
     console.print(
-        f"[green]wrote[/] {summary.n_train} train + {summary.n_test} test images ({summary.n_cells} cells) "
+        f"[green]wrote[/] {summary.n_train} train + {summary.n_dev} dev + {summary.n_test} test images "
+        f"({summary.n_cells} cells) "
         f"to {out} in {took:.1f}s; preview: {summary.preview}"
     )

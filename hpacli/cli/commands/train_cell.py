@@ -25,8 +25,6 @@ from ..options import (
     WorkersOpt,
 )
 
-BEST_METRICS = ("auto", "cell_map", "map", "bin_acc", "loss")
-
 
 def command(
     store: StoreOpt = Path("hpa.zarr"),
@@ -40,7 +38,8 @@ def command(
                      "selection: its accepted cells get 1 for its class."),
     ] = None,
     targets: Annotated[
-        str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage.")
+        str, typer.Option("--targets", help="soft: the pseudo-labels; denoised: Y_opt of the de-noising stage; "
+                          "truth: the store's cell truth (synthetic data; an upper-bound analysis).")
     ] = "soft",
     denoise_run: Annotated[
         str | None, typer.Option("--denoise-run", help="De-noising run holding Y_opt and --selection (default: --labels).")
@@ -78,8 +77,10 @@ def command(
         str, typer.Option("--loss", help="Training loss; soft-* variants use the soft targets (`hpa plugins --list losses`).")
     ] = "soft-focal-symmetric-lovasz-hardlog",
     best_metric: Annotated[
-        str, typer.Option("--best-metric", help="auto (cell_map with truth, else loss), cell_map, map, bin_acc or loss.")
-    ] = "auto",
+        str, typer.Option("--best-metric", help="Which validation score keeps best.pt: bin_acc (the seed's: "
+                          "0.05-bin accuracy against the soft targets), loss, map (against targets >= 0.5), or "
+                          "cell_map (an analysis: reads the store's cell truth, synthetic data only).")
+    ] = "bin_acc",
     image_window: Annotated[
         int,
         typer.Option("--image-window", min=0, help="Shuffle cells within windows of this many images (fewer image "
@@ -104,13 +105,14 @@ def command(
 ) -> None:
     """Train the cell-level classifier on one fold (checkpoints last.pt/best.pt, log.csv).
 
-    Validation each epoch: soft focal loss, accuracy in 0.05-wide bins of the soft label and,
-    with cell-level truth in the store, the competition's cell mAP.
+    Validation each epoch: soft focal loss, accuracy in 0.05-wide bins of the soft label and
+    macro AP against the targets; nothing reads cell truth unless --best-metric cell_map or
+    --targets truth names it.
     Multi-GPU: `torchrun --nproc_per_node N -m hpacli.cli.app train-cell ...` (same options).
     """
     from ...errors import HpaError
     from ...store import open_store
-    from ...train.cell import run_train_cell
+    from ...train.cell import BEST_METRICS, run_train_cell
     from ...train.cell_data import FITS
     from ...train.cell_targets import TARGET_KINDS
     from ..plugin_options import parse_options
