@@ -91,14 +91,19 @@ def demo_tables(result) -> list[Table]:
         return "" if v is None or v != v else f"{v:.1f}"
 
     spindle = str(MITOTIC_SPINDLE)
-    table = Table(title="hpa demo: cell-level scores on the synthetic dev and test images (IoU ≥ 0.6)")
-    for col in ("row", "dev mAP", "test mAP", "test spindle AP"):
-        table.add_column(col, justify="left" if col == "row" else "right")
+    splits = [sp for sp in ("dev", "test") if any(sp in sc for sc in scores["rows"].values())]
+    table = Table(title=f"hpa demo: cell-level scores on the synthetic {' and '.join(splits)} images (IoU ≥ 0.6)")
+    table.add_column("row")
+    for sp in splits:
+        table.add_column(f"{sp} mAP", justify="right")
+    table.add_column("test spindle AP", justify="right")
     for row, sc in scores["rows"].items():
-        dev, test = sc.get("dev") or {}, sc.get("test") or {}
-        name = ROWS.get(row, row) + ("  → submission.csv" if row == best else "")
-        table.add_row(name, fmt(dev.get("mAP")), fmt(test.get("mAP")),
+        test = sc.get("test") or {}
+        table.add_row(ROWS.get(row, row), *(fmt((sc.get(sp) or {}).get("mAP")) for sp in splits),
                       fmt((test.get("per_class_AP") or {}).get(spindle)))
+    if best in scores["rows"]:
+        table.caption = (f"submission.csv: row {ROWS.get(best, best).split(')')[0]}); "
+                         "submission_image_model.csv: row (a)")
     out = [table]
     sels = scores.get("selections") or {}
     if sels:

@@ -76,4 +76,4 @@ def command(
     for table in demo_tables(result):
         console.print(table)
     console.print(f"artifacts in {out}: hpa.zarr, runs/, submission.csv (the pipeline), submission_image_model.csv "
-                  f"(the image models), submissions/ (every row, dev and test), cells.csv, overlays/, selection/")
+                  f"(the image models), submissions/ (every row and split), cells.csv, overlays/, selection/")
