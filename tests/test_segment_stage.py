@@ -29,7 +29,7 @@ def dataset(tmp_path_factory):
     from hpacli.data.synth import SynthConfig, run_synth
 
     root = tmp_path_factory.mktemp("segdata") / "data"
-    run_synth(root, SynthConfig(n_images=N_TRAIN, size=SIZE, test_images=N_TEST, seed=3))
+    run_synth(root, SynthConfig(n_images=N_TRAIN, size=SIZE, test_images=N_TEST, dev_images=0, seed=3))
     # one blank image: segmented, no cells
     first = sorted((root / "train").glob("*_red.png"))[0].name[: -len("_red.png")]
     for c in ("red", "green", "blue", "yellow"):
