@@ -67,6 +67,21 @@ def problems_table(problems: list[dict], limit: int = 50) -> Table:
     return table
 
 
+def report_unfinished_shard(summary, did: str, last_step: str, json_out: bool, **json_extra: Any) -> None:
+    """What a shard process that left blocks to the others prints (dedup, negatives): its
+    summary as JSON (with ``json_extra``), or its problems, what it ``did`` and who writes
+    the closing ``last_step``."""
+    if json_out:
+        print_json({**summary.as_dict(), **json_extra})
+        return
+    from ..progress import console
+
+    if summary.problems:
+        console.print(problems_table(summary.problems))
+    console.print(f"[green]{did}[/] ({summary.shard}); {summary.blocks_done}/{summary.blocks} blocks done: "
+                  f"[yellow]other shards still to run[/] (the last to finish {last_step})", highlight=False)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

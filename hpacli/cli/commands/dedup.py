@@ -59,18 +59,10 @@ def command(
         summary = run_dedup(st, threshold=threshold, source=source, method=method, workers=workers,
                             overwrite=overwrite, progress=progress, shard=sh)
     if not summary.complete:
-        if json_out:
-            from ..render import print_json
+        from ..render import report_unfinished_shard
 
-            print_json({**summary.as_dict(), "csv": None, "png": None})
-            return
-        if summary.problems:
-            from ..render import problems_table
-
-            console.print(problems_table(summary.problems))
-        console.print(f"[green]hashed[/] {summary.hashed} image(s) ({sh}); {summary.blocks_done}/"
-                      f"{summary.blocks} blocks done: [yellow]other shards still to run[/] (the last to finish "
-                      f"finds the pairs and writes {out})", highlight=False)
+        report_unfinished_shard(summary, f"hashed {summary.hashed} image(s)", f"finds the pairs and writes {out}",
+                                json_out, csv=None, png=None)
         return
     pairs, dist = read_pairs(st)
     group = read_groups(st, require_all=False)

@@ -45,18 +45,10 @@ def command(
         summary = run_negatives(st, threshold=threshold, top_k=top_k, workers=workers, overwrite=overwrite,
                                 progress=progress, shard=sh)
     if not summary.complete:
-        if json_out:
-            from ..render import print_json
+        from ..render import report_unfinished_shard
 
-            print_json({**summary.as_dict(), "png": None})
-            return
-        if summary.problems:
-            from ..render import problems_table
-
-            console.print(problems_table(summary.problems))
-        console.print(f"[green]scored[/] {summary.scored_images_here} image(s) ({sh}); {summary.blocks_done}/"
-                      f"{summary.blocks} blocks done: [yellow]other shards still to run[/] (the last to finish "
-                      f"writes the flags)", highlight=False)
+        report_unfinished_shard(summary, f"scored {summary.scored_images_here} image(s)", "writes the flags",
+                                json_out, png=None)
         return
     png.parent.mkdir(parents=True, exist_ok=True)
     drawn = negatives_png(st, png)
