@@ -118,3 +118,19 @@ def test_stage_provenance(tmp_path):
     rec = stage_records(st)["stage_a"]
     assert rec["status"] == "done" and rec["params"]["alpha"] == 1 and rec["summary"] == {"n": 3}
     assert rec["started"] and rec["finished"] and rec["hpacli_version"]
+
+
+def test_a_result_set_started_with_other_blocks_reports_its_own(tmp_path):
+    """While a run is under way its done markers exist before the group's attributes name
+    the block size; the set's status must read the markers' block size, not the default
+    (seen: `hpa pseudolabel --block-size 8` refused as "started with blocks of 8")."""
+    from hpacli.store.cellresults import Column, Kind
+
+    kind = Kind("results", (Column("p", "float32", "test-probs", (3,), float("nan")),), "test-results", 1024,
+                "results", "sets", "make it")
+    st = open_store(tmp_path / "s.zarr", "a")
+    kind.results(st, "r", block=8).ensure_columns(25)  # a run started with blocks of 8, no attributes yet
+    status = kind.status(st, "r")
+    assert status["blocks"] == 4 and status["blocks_done"] == 0 and not status["complete"]
+    kind.results(st, "r", block=8).ensure(25, {})
+    assert kind.status(st, "r")["blocks"] == 4

@@ -100,6 +100,13 @@ class CellResults:
         return stamp_of(attrs if attrs is not None else self.attrs()) != current_table_id(self.store)
 
     def block_of(self, attrs: dict | None = None) -> int:
+        """The block size the rows were written with: the done markers' own (they exist from
+        the start of a run, before the group's attributes say it), else the attributes'."""
+        done = f"{self.key}/_done"
+        if self.store.has(done):
+            size = self.store.attrs(done).get("block_size")
+            if size is not None:
+                return int(size)
         attrs = attrs if attrs is not None else self.attrs()
         return int(attrs.get("block", self.block))
 
