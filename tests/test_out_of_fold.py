@@ -10,31 +10,18 @@ import torch
 
 from hpacli.store import open_store
 from hpacli.store.folds import read_image_folds
-
-
-def _ok(res):
-    assert res.exit_code == 0, res.output
-    return res
-
-
-def _refused(res, *words):
-    text = res.output.strip()
-    assert res.exit_code == 2, text
-    assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    for w in words:
-        assert w in text, (w, text)
-    return text
+from tests.cli_checks import ok, refused
 
 
 @pytest.fixture
 def trained(tmp_path, tiny_dataset, cli):
     """12 train + 3 test images, segmented, 2 image folds, a tiny image model per fold."""
     s = tmp_path / "hpa.zarr"
-    _ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
-    _ok(cli(["segment", "--store", s, "-q"]))
-    _ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
+    ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
+    ok(cli(["segment", "--store", s, "-q"]))
+    ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
     for f in (0, 1):
-        _ok(cli(["train-image", "--store", s, "--fold", f, "--out", tmp_path / "runs" / f"fold{f}",
+        ok(cli(["train-image", "--store", s, "--fold", f, "--out", tmp_path / "runs" / f"fold{f}",
                  "--backbone", "test_resnet", "--img-size", "32", "--negatives", "all", "--epochs", "1",
                  "--batch-size", "2", "--workers", "0", "--device", "cpu", "-q"]))
     return s, tmp_path / "runs"
@@ -59,14 +46,14 @@ def test_refold_after_training_makes_pseudolabel_refuse(trained, cli):
     s, runs = trained
     models = str(runs / "fold*" / "best.pt")
     common = ["--store", s, "--models", models, "--device", "cpu", "--workers", "0", "-q"]
-    _ok(cli(["pseudolabel", *common, "--run", "before"]))  # the folds the models were trained with: fine
+    ok(cli(["pseudolabel", *common, "--run", "before"]))  # the folds the models were trained with: fine
     st = open_store(s, "r")
     old = read_image_folds(st)
-    _ok(cli(["fold", "--store", s, "-k", "2", "--seed", "3", "--ignore-duplicates"]))
+    ok(cli(["fold", "--store", s, "-k", "2", "--seed", "3", "--ignore-duplicates"]))
     new = read_image_folds(open_store(s, "r"))
     moved = (old >= 0) & (new >= 0) & (old != new)
     assert moved.any()  # the new folds hand some of model 0's training images to fold 0
-    text = _refused(cli(["pseudolabel", *common, "--run", "after"]), "leak:", "best.pt", "trained on",
+    text = refused(cli(["pseudolabel", *common, "--run", "after"]), "leak:", "best.pt", "trained on",
                     "changed after it was trained", "hpa train-image")
     # the images named are ones that moved into the fold of a model that trained on them
     ids = st.images.ids()
@@ -75,28 +62,28 @@ def test_refold_after_training_makes_pseudolabel_refuse(trained, cli):
     st = open_store(s, "r")
     assert st.has("labels/before") and not st.has("labels/after")  # nothing stored for the refused run
     # the same folds again (same seed and options): accepted again
-    _ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
+    ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
     assert np.array_equal(read_image_folds(open_store(s, "r")), old)
-    _ok(cli(["pseudolabel", *common, "--run", "again"]))
+    ok(cli(["pseudolabel", *common, "--run", "again"]))
 
 
 def test_predict_refuses_images_a_model_trained_on_but_predicts_test_images(trained, cli):
     s, runs = trained
     model = runs / "fold0" / "best.pt"
     common = ["--store", s, "--image-model", model, "--device", "cpu", "--workers", "0", "-q"]
-    _ok(cli(["predict", *common, "--name", "test"]))  # test images: never trained on
-    _refused(cli(["predict", *common, "--split", "train", "--name", "train"]), "leak:", str(model), "--split test")
-    _refused(cli(["predict", *common, "--split", "all", "--name", "all"]), "leak:", "would predict")
+    ok(cli(["predict", *common, "--name", "test"]))  # test images: never trained on
+    refused(cli(["predict", *common, "--split", "train", "--name", "train"]), "leak:", str(model), "--split test")
+    refused(cli(["predict", *common, "--split", "all", "--name", "all"]), "leak:", "would predict")
     st = open_store(s, "r")
     assert st.has("predictions/test") and not st.has("predictions/all") and not st.has("predictions/train")
 
 
 def test_cell_models_record_their_images_and_their_inits(trained, cli, tmp_path):
     s, runs = trained
-    _ok(cli(["pseudolabel", "--store", s, "--models", str(runs / "fold*" / "best.pt"), "--device", "cpu",
+    ok(cli(["pseudolabel", "--store", s, "--models", str(runs / "fold*" / "best.pt"), "--device", "cpu",
              "--workers", "0", "--run", "oof", "-q"]))
     out = tmp_path / "cell0"
-    _ok(cli(["train-cell", "--store", s, "--fold", "0", "--labels", "oof", "--init-from", runs / "fold0" / "best.pt",
+    ok(cli(["train-cell", "--store", s, "--fold", "0", "--labels", "oof", "--init-from", runs / "fold0" / "best.pt",
              "--out", out, "--img-size", "32", "--batch-size", "2", "--accum", "1", "--epochs", "1",
              "--workers", "0", "--device", "cpu", "-q"]))
     st = open_store(s, "r")
@@ -106,5 +93,5 @@ def test_cell_models_record_their_images_and_their_inits(trained, cli, tmp_path)
     assert set(init["images"]) <= set(rec["images"]) and rec["inherited"] == [str(runs / "fold0" / "best.pt")]
     assert not set(rec["images"]) & set(ids[folds == 0].tolist()) and rec["fold"] == 0
     common = ["--store", s, "--models", out / "best.pt", "--device", "cpu", "--workers", "0", "-q"]
-    _ok(cli(["predict", *common, "--name", "cells"]))
-    _refused(cli(["predict", *common, "--split", "train", "--name", "leaky"]), "leak:", "cell0")
+    ok(cli(["predict", *common, "--name", "cells"]))
+    refused(cli(["predict", *common, "--split", "train", "--name", "leaky"]), "leak:", "cell0")

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cli_checks import ok, refused
+
 PACKAGE = Path(__file__).parent / "plugins" / "hpa-plugin-testkit"
 
 
@@ -55,20 +57,6 @@ def testkit(testkit_site, monkeypatch):
         del sys.modules[name]
 
 
-def _ok(res):
-    assert res.exit_code == 0, res.output
-    return res
-
-
-def _one_line(res, *words):
-    text = res.output.strip()
-    assert res.exit_code == 2, text
-    assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    for w in words:
-        assert w in text, (w, text)
-    return text
-
-
 @pytest.mark.slow
 def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cli, monkeypatch):
     from hpacli.store import denoise as D
@@ -77,25 +65,25 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
 
     s = tmp_path / "hpa.zarr"
     runs = tmp_path / "runs"
-    _ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
-    _ok(cli(["segment", "--store", s, "-q"]))
-    _ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
-    _ok(cli(["fold", "--store", s, "--cells", "-k", "2"]))
+    ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
+    ok(cli(["segment", "--store", s, "-q"]))
+    ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
+    ok(cli(["fold", "--store", s, "--cells", "-k", "2"]))
     common = ["--img-size", "32", "--negatives", "all", "--epochs", "1", "--batch-size", "2", "--accum", "1",
               "--workers", "0", "--device", "cpu", "-q"]
     for f in (0, 1):
-        _ok(cli(["train-image", "--store", s, "--fold", f, "--out", runs / f"fold{f}", "--backbone", "testkit-net",
+        ok(cli(["train-image", "--store", s, "--fold", f, "--out", runs / f"fold{f}", "--backbone", "testkit-net",
                  "--option", "width=4", *common]))
     ck = torch.load(runs / "fold0" / "best.pt", weights_only=True)
     assert ck["model_config"] == {"backbone": "testkit-net", "num_classes": 19, "in_chans": 4, "width": 4}
     assert ck["backbone_provider"] == {"plugin": "testkit", "package": "hpa-plugin-testkit", "version": "0.1.0"}
 
-    _ok(cli(["pseudolabel", "--store", s, "--models", runs / "fold*" / "best.pt", "--run", "r", "--device", "cpu",
+    ok(cli(["pseudolabel", "--store", s, "--models", runs / "fold*" / "best.pt", "--run", "r", "--device", "cpu",
              "--workers", "0", "-q"]))
     # the denoiser's own option, checked against its factory; a key it does not take is one line
-    _one_line(cli(["denoise", "--store", s, "--run", "r", "--denoiser", "testkit-knn-vote", "-o", "kk=3", "-q"]),
+    refused(cli(["denoise", "--store", s, "--run", "r", "--denoiser", "testkit-knn-vote", "-o", "kk=3", "-q"]),
               "testkit-knn-vote", "kk", "k, alpha")
-    res = _ok(cli(["denoise", "--store", s, "--run", "r", "--denoiser", "testkit-knn-vote", "-o", "k=3",
+    res = ok(cli(["denoise", "--store", s, "--run", "r", "--denoiser", "testkit-knn-vote", "-o", "k=3",
                    "-o", "alpha=0.4", "--json"]))
     out = json.loads(res.stdout)
     assert out["denoiser"] == "testkit-knn-vote" and out["folds_done"] == [0, 1] and out["complete"]
@@ -113,17 +101,17 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
     ids = st.images.ids()
     labels = st.images.labels()
     cls = int(np.argmax(labels.sum(axis=0)))
-    res = _ok(cli(["select-mitotic", "--store", s, "--run", "r", "--class", cls, "--name", "sel", "--top", "0",
+    res = ok(cli(["select-mitotic", "--store", s, "--run", "r", "--class", cls, "--name", "sel", "--top", "0",
                    "--known", "outliers", "--neighbours", "2", "--min-hits", "1", "-o", tmp_path / "sel", "--json"]))
     sel = json.loads(res.stdout)
     assert sel["counts"]["neighbours"] is not None and sel["counts"]["known"] > 0
     assert len(sel["cells"]) >= sel["counts"]["known"]
 
-    _ok(cli(["train-cell", "--store", s, "--fold", "0", "--labels", "r", "--out", runs / "cell",
+    ok(cli(["train-cell", "--store", s, "--fold", "0", "--labels", "r", "--out", runs / "cell",
              "--init-from", runs / "fold0" / "best.pt", "--img-size", "32", "--epochs", "1", "--batch-size", "4",
              "--accum", "1", "--workers", "0", "--device", "cpu", "-q"]))
     assert torch.load(runs / "cell" / "best.pt", weights_only=True)["model_config"]["backbone"] == "testkit-net"
-    res = _ok(cli(["predict", "--store", s, "--models", runs / "cell" / "best.pt", "--split", "test",
+    res = ok(cli(["predict", "--store", s, "--models", runs / "cell" / "best.pt", "--split", "test",
                    "--device", "cpu", "--workers", "0", "--json"]))
     pred = json.loads(res.stdout)
     assert pred["complete"] and pred["cells_predicted"] > 0
@@ -131,11 +119,11 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
     assert np.isfinite(probs).all(axis=1).sum() == pred["cells_predicted"]
     assert len(ids)
 
-    res = _ok(cli(["plugins"]))
+    res = ok(cli(["plugins"]))
     assert "hpa-plugin-testkit" in res.output and "testkit-knn-vote" in res.output
     # the clash with a built-in name is refused and said, not silently dropped
     assert "densenet121-hpa" in res.output and "registered first" in res.output
-    data = json.loads(_ok(cli(["plugins", "--json"])).stdout)
+    data = json.loads(ok(cli(["plugins", "--json"])).stdout)
     kit = next(p for p in data["plugins"] if p["name"] == "testkit")
     assert kit["package"] == "hpa-plugin-testkit" and kit["version"] == "0.1.0" and not kit["builtin"]
     assert "testkit-net" in kit["registers"]["backbones"] and kit["registers"]["denoisers"] == ["testkit-knn-vote"]
@@ -143,7 +131,7 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
     from hpacli.registry import BACKBONES
 
     assert BACKBONES.get("densenet121-hpa").plugin == "hpacli.builtin.backbones"
-    res = _ok(cli(["plugins", "--options", "denoiser", "testkit-knn-vote"]))
+    res = ok(cli(["plugins", "--options", "denoiser", "testkit-knn-vote"]))
     assert "k\t5" in res.output and "alpha\t0.5" in res.output
 
     # without the package, its checkpoints say what to install
@@ -151,19 +139,19 @@ def test_plugin_package_through_the_pipeline(testkit, tmp_path, tiny_dataset, cl
         del sys.modules[name]
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(testkit)])
     _fresh_plugins(monkeypatch)
-    _one_line(cli(["pseudolabel", "--store", s, "--models", runs / "fold0" / "best.pt", "--run", "gone",
+    refused(cli(["pseudolabel", "--store", s, "--models", runs / "fold0" / "best.pt", "--run", "gone",
                    "--device", "cpu", "--workers", "0", "-q"]), "testkit-net", "hpa-plugin-testkit", "pip install")
 
 
 def test_broken_backbones_are_one_line(testkit, tmp_path, tiny_dataset, cli):
     s = tmp_path / "hpa.zarr"
-    _ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
-    _ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
+    ok(cli(["ingest", tiny_dataset, "--store", s, "-q"]))
+    ok(cli(["fold", "--store", s, "-k", "2", "--seed", "0", "--ignore-duplicates"]))
     common = ["--store", s, "--img-size", "32", "--negatives", "all", "--epochs", "1", "--batch-size", "2",
               "--workers", "0", "--device", "cpu", "-q"]
-    _one_line(cli(["train-image", *common, "--out", tmp_path / "a", "--backbone", "testkit-badshape"]),
+    refused(cli(["train-image", *common, "--out", tmp_path / "a", "--backbone", "testkit-badshape"]),
               "testkit-badshape", "hpa-plugin-testkit", "(2, 20)", "(2, 19)")
-    _one_line(cli(["train-image", *common, "--out", tmp_path / "b", "--backbone", "testkit-notmodule"]),
+    refused(cli(["train-image", *common, "--out", tmp_path / "b", "--backbone", "testkit-notmodule"]),
               "testkit-notmodule", "hpa-plugin-testkit", "dict", "torch.nn.Module")
-    _one_line(cli(["train-image", *common, "--out", tmp_path / "c", "--backbone", "testkit-net",
+    refused(cli(["train-image", *common, "--out", tmp_path / "c", "--backbone", "testkit-net",
                    "--option", "depth=3"]), "testkit-net", "depth", "width")
