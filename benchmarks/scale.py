@@ -104,20 +104,9 @@ def hpa(*args) -> list:
 
 def tree(*paths: Path) -> tuple[int, int]:
     """Bytes and files under ``paths`` (files or folders)."""
-    total = files = 0
-    for path in paths:
-        if path.is_file():
-            total += path.stat().st_size
-            files += 1
-            continue
-        for dirpath, _, names in os.walk(path):
-            for n in names:
-                try:
-                    total += os.path.getsize(os.path.join(dirpath, n))
-                    files += 1
-                except OSError:
-                    pass
-    return total, files
+    from hpacli.store.core import disk_usage
+
+    return disk_usage(*paths)
 
 
 @dataclass

@@ -77,6 +77,23 @@ LAYOUT_KEYS = ("images_per_file", "cells_per_file")
 PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore writes a chunk file aside under this suffix, then renames it
 
 
+
+def disk_usage(*paths) -> tuple[int, int]:
+    """(bytes, files) under ``paths`` (files or folders); files that vanish meanwhile are skipped."""
+    total = files = 0
+    for path in map(Path, paths):
+        if path.is_file():
+            total, files = total + path.stat().st_size, files + 1
+            continue
+        for dirpath, _, names in os.walk(path):
+            for name in names:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, name))
+                    files += 1
+                except OSError:
+                    pass
+    return total, files
+
 class Store:
     """A handle on one store directory. Use :func:`open_store`."""
 
@@ -479,16 +496,8 @@ class Store:
 
     # ---------------------------------------------------------------- size
     def disk_usage(self) -> tuple[int, int]:
-        total = 0
-        files = 0
-        for dirpath, _, filenames in os.walk(self.path):
-            for f in filenames:
-                try:
-                    total += os.path.getsize(os.path.join(dirpath, f))
-                    files += 1
-                except OSError:
-                    pass
-        return total, files
+        """(bytes, files) of the store on disk."""
+        return disk_usage(self.path)
 
     # ---------------------------------------------------------------- convenience
     @property
