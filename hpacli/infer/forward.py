@@ -38,6 +38,12 @@ def to_input(x, device):
     return x.to(device, non_blocking=True).float().div_(255.0)
 
 
+def _nhwc(x):
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
+
+
 def view_average(model, x, views, micro_batch: int, embeddings: bool = False):
     """``(probs [B, 19], embeddings [B, D] or None)`` of float ``x`` on its device, each the
     mean over ``views``; call inside ``torch.inference_mode()`` and :func:`autocast`.
@@ -48,7 +54,7 @@ def view_average(model, x, views, micro_batch: int, embeddings: bool = False):
     probs = torch.zeros((n, N_CLASSES), device=x.device)
     emb = None
     for v in views:
-        xv = apply_view(x, v).contiguous()
+        xv = _nhwc(apply_view(x, v))
         for a in range(0, n, micro_batch):
             part = xv[a:a + micro_batch]
             if embeddings:

@@ -23,7 +23,7 @@
 - Mixed precision (``amp``): ``auto`` is bf16 autocast on GPUs that have it, fp16 with
   gradient scaling (``torch.amp.GradScaler``; its state is in the checkpoint) on those that
   do not, and off on the CPU; ``bf16``, ``fp16`` (also on the CPU) and ``off`` choose.
-  channels_last on GPUs; DistributedDataParallel when launched by ``torchrun``
+  channels_last (NHWC, on GPUs and CPUs); DistributedDataParallel when launched by ``torchrun``
   (``WORLD_SIZE`` > 1, :mod:`hpacli.train.distributed`); only rank 0 writes.
 
 Datasets take items ``(index, aug_seed)`` (see :mod:`hpacli.train.data`).
@@ -452,7 +452,7 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.device)
         if self.dist.active:  # each rank its own dropout stream (the weights come from rank 0 through DDP)
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.dist.rank]).generate_state(1)[0]))
-        self._cl = cfg.channels_last and self.device.type == "cuda"
+        self._cl = cfg.channels_last  # NHWC: faster convolutions on GPUs and CPUs (benchmarks/channels_last.py)
         if len(self.train_ds) < cfg.batch_size * self.dist.world:
             raise HpaError(
                 f"{len(self.train_ds)} training item(s) is fewer than one batch (--batch-size {cfg.batch_size}"
