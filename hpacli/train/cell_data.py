@@ -20,14 +20,17 @@ class CellCropDataset(Dataset):
 
     Each item: uint8 ``[4, S, S]`` = :class:`hpacli.data.crops.CellInput` of the cell's
     masked crop, cut from its image at ``work_size`` (None: original resolution; pixels from
-    the cache when it is large enough, else the PNGs), and its float32 target. A small
-    per-process LRU of decoded images (``cache_images``) bounds memory; rows grouped by
-    image (validation, or ``image_window`` ordering) load each image once.
+    the cache when it is large enough, else the PNGs), and its float32 target. A
+    per-process LRU of decoded images bounds memory: it keeps at least ``cache_images``
+    images, and more while they fit in ``cache_mb`` MiB (small images, such as the
+    demo's, then load once per epoch even in a fully shuffled order: reading one image's
+    pixels and labels from the store costs about 100 ms, 10 cells' worth of training);
+    rows grouped by image (validation, or ``image_window`` ordering) load each image once.
     """
 
     def __init__(
         self, store_path, rows, targets, img_size: int, *, work_size: int | None = None, fit: str = "resize",
-        augment: bool = True, cache_images: int = 4,
+        augment: bool = True, cache_images: int = 4, cache_mb: float = 256.0,
     ) -> None:
         from ..data.crops import CellInput
         from ..store import open_store
@@ -46,6 +49,7 @@ class CellCropDataset(Dataset):
         self.transform = CellInput(fit=fit, augment=augment)
         self._plain_transform = CellInput(fit=fit, augment=False)
         self.cache_images = max(1, int(cache_images))
+        self.cache_bytes = max(0.0, float(cache_mb)) * 2**20
         st = open_store(self.store_path, "r")
         cells = CellTable(st)
         df = st.images.df()
@@ -57,6 +61,7 @@ class CellCropDataset(Dataset):
         self.cache_size = st.images.cache_size
         self._store = None
         self._pid = None
+        self._bytes = 0
         self._images: OrderedDict = OrderedDict()
         self.loads = 0  # images decoded by this process (benchmarks)
 
@@ -65,7 +70,7 @@ class CellCropDataset(Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_store"], state["_pid"], state["_images"] = None, None, OrderedDict()
+        state["_store"], state["_pid"], state["_images"], state["_bytes"] = None, None, OrderedDict(), 0
         return state
 
     def _open(self):
@@ -75,6 +80,7 @@ class CellCropDataset(Dataset):
             self._store = open_store(self.store_path, "r")
             self._pid = os.getpid()
             self._images = OrderedDict()
+            self._bytes = 0
         return self._store
 
     def image_arrays(self, img: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +95,10 @@ class CellCropDataset(Dataset):
         pair = load_image(store, img, self.work_size, int(self.height[img]), int(self.width[img]), self.cache_size)
         self.loads += 1
         self._images[img] = pair
-        while len(self._images) > self.cache_images:
-            self._images.popitem(last=False)
+        self._bytes += sum(a.nbytes for a in pair)
+        while len(self._images) > self.cache_images and self._bytes > self.cache_bytes:
+            _, old = self._images.popitem(last=False)
+            self._bytes -= sum(a.nbytes for a in old)
         return pair
 
     def crop(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
