@@ -215,11 +215,16 @@ def test_dataset_item_is_the_masked_tiled_padded_crop(setup):
     assert got <= flips and len(got) > 2
     assert torch.equal(aug[(2, 7)][0], aug[(2, 7)][0])
     # resize mode: 32 px output, bounded image LRU
-    small = TD.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1)
+    small = TD.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1, cache_mb=0)
     assert small[(0, None)][0].shape == (4, 32, 32)
     for k in range(len(rows)):
         small[(k, None)]
     assert len(small._images) == 1 and small.loads == len(np.unique(image[rows]))
+    # with room in the byte budget every image stays: a shuffled order loads each once
+    roomy = TD.CellCropDataset(store.path, rows, probs[rows], 32, augment=False, cache_images=1)
+    for k in np.random.default_rng(0).permutation(np.repeat(np.arange(len(rows)), 3)):
+        roomy[(int(k), None)]
+    assert roomy.loads == len(np.unique(image[rows])) == len(roomy._images) > 1
 
 
 def test_windowed_order_keeps_windows_of_images():
@@ -383,6 +388,21 @@ def test_image_labels_mask_targets_before_the_selection():
     assert out.y[0, 11] == 1.0 and out.y[0, 0] == 0.5
     assert np.flatnonzero(out.y[1] > 0).tolist() == [16]
     assert np.isnan(out.y[2]).all()
+
+
+def test_mask_keep_leaves_the_named_classes_unmasked():
+    from hpacli.errors import HpaError
+    from hpacli.train.cell_targets import combine_targets
+
+    base = np.linspace(0.1, 0.9, 2 * 19, dtype=np.float32).reshape(2, 19)
+    labels = np.zeros((2, 19), dtype=np.uint8)
+    labels[:, 3] = 1
+    out = combine_targets(base, np.ones(2, bool), image_labels=labels, mask_keep=(11,))
+    assert np.flatnonzero(out.y[0] > 0).tolist() == [3, 11]  # the label's class and the kept one
+    assert out.y[1, 11] == base[1, 11] and out.y[1, 3] == base[1, 3]
+    assert (labels == np.eye(19, dtype=np.uint8)[[3, 3]]).all()  # the caller's labels are not changed
+    with pytest.raises(HpaError, match="mask-keep"):
+        combine_targets(base, np.ones(2, bool), image_labels=labels, mask_keep=(19,))
 
 
 def test_select_outlier_known_positives_from_the_store(setup, tmp_path):

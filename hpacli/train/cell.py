@@ -115,6 +115,7 @@ def run_train_cell(
     targets: str = "soft",
     denoise_run: str | None = None,
     mask_labels: bool = False,
+    mask_keep=(),
     backbone: str | None = None,
     backbone_options: dict | None = None,
     init_from: str | Path | None = None,
@@ -125,6 +126,7 @@ def run_train_cell(
     cache_images: int = 4,
     folds_name: str = "default",
     max_truth_images: int = 500,
+    val_cells: int = 0,
     progress=None,
     log=None,
     callbacks=None,
@@ -152,10 +154,19 @@ def run_train_cell(
     best_metric = train_kwargs.get("best_metric", DEFAULT_BEST_METRIC)
     if best_metric not in BEST_METRICS:
         raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
+    mask_keep = tuple(sorted({int(c) for c in mask_keep}))
+    if mask_keep and not mask_labels:
+        raise HpaError("--mask-keep names classes to leave unmasked: it needs --mask-labels")
     if targets == "truth" and (selection or mask_labels):
         raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
-    tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels)
+    tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels, mask_keep)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)
+    if val_cells < 0:
+        raise HpaError("--val-cells must be 0 (all) or more")
+    if 0 < val_cells < len(val_rows):  # a fixed sample (same for every epoch and every resume) saves validation time
+        pick = np.random.default_rng([int(train_kwargs.get("seed", 0)), int(fold)]).choice(
+            len(val_rows), size=int(val_cells), replace=False)
+        val_rows = np.sort(np.asarray(val_rows)[pick])
     if len(train_rows) == 0:
         raise HpaError(f"fold {fold} leaves no training cells with {targets} targets of {labels_run!r}")
     if tg.n_selected_skipped:
@@ -201,8 +212,10 @@ def run_train_cell(
         "image_window": int(image_window),
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
+        "val_cells": int(val_cells),
         "n_selected": int(tg.n_selected),
         "mask_labels": bool(mask_labels),
+        "mask_keep": list(mask_keep),
         "best_metric": best_metric,
         "folds_name": folds_name,
         # what the out-of-fold guard of predict checks (hpacli.models.trained_on)

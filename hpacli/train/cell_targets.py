@@ -64,11 +64,12 @@ class CellTargets:
 
 
 def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classes=None,
-                    image_labels: np.ndarray | None = None) -> CellTargets:
+                    image_labels: np.ndarray | None = None, mask_keep=()) -> CellTargets:
     """Pure part of :func:`assemble_targets`: copy ``base`` ``[C, ≥19]`` (first 19 columns,
     NaN rows where ``has`` is False); with ``image_labels`` (``[C, 19]`` multi-hot, each
-    cell's image labels) zero the classes its image is not labelled with; then set
-    ``y[row, class] = 1`` for the selected rows that have a target."""
+    cell's image labels) zero the classes its image is not labelled with, except the
+    classes in ``mask_keep`` (those the labels are known to miss keep their pseudo-label);
+    then set ``y[row, class] = 1`` for the selected rows that have a target."""
     base = np.asarray(base, dtype=np.float32)
     if base.ndim != 2 or base.shape[1] < N_CLASSES:
         raise StoreError(f"targets must be [cells, {N_CLASSES}+], got shape {base.shape}")
@@ -78,9 +79,13 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
     if not np.all((y[has] >= 0) & (y[has] <= 1)):
         raise StoreError("targets outside 0..1: these are not probabilities")
     if image_labels is not None:
-        mask = np.asarray(image_labels, dtype=np.float32)
+        mask = np.array(image_labels, dtype=np.float32)
         if mask.shape != y.shape:
             raise StoreError(f"image labels have shape {mask.shape}, targets {y.shape}")
+        keep = np.asarray(list(mask_keep), dtype=np.int64)
+        if len(keep) and (keep.min() < 0 or keep.max() >= N_CLASSES):
+            raise HpaError(f"--mask-keep classes must be in 0..{N_CLASSES - 1}")
+        mask[:, keep] = 1.0
         y[has] *= mask[has]
     n_sel = skipped = 0
     if sel_rows is not None and len(sel_rows):
@@ -98,11 +103,13 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
 
 def assemble_targets(
     store, labels_run: str, selection: str | None = None, targets: str = "soft", denoise_run: str | None = None,
-    mask_labels: bool = False,
+    mask_labels: bool = False, mask_keep=(),
 ) -> CellTargets:
     """The cell targets of the store: see :func:`combine_targets`. ``mask_labels`` keeps
     only the classes of each cell's image labels (weak labels miss classes but rarely add
-    wrong ones, so this removes the image model's false positives from the targets)."""
+    wrong ones, so this removes the image model's false positives from the targets), except
+    the classes of ``mask_keep``: classes the labels are known to miss (the mitotic spindle,
+    shown by few cells and seldom labelled) keep their pseudo-label everywhere."""
     from ..store import pseudolabels as PL
 
     if targets not in TARGET_KINDS:
@@ -127,8 +134,9 @@ def assemble_targets(
         from ..store.cells import CellTable
 
         image_labels = store.images.labels()[CellTable(store).column("image").astype(np.int64)]
-    out = combine_targets(base, has, rows, classes, image_labels)
-    out.source = (f"{targets} targets of {labels_run!r}" + (" masked by image labels" if mask_labels else "")
+    out = combine_targets(base, has, rows, classes, image_labels, mask_keep if mask_labels else ())
+    kept = f" (but {', '.join(map(str, mask_keep))})" if mask_labels and len(mask_keep) else ""
+    out.source = (f"{targets} targets of {labels_run!r}" + (f" masked by image labels{kept}" if mask_labels else "")
                   + (f" + selection {selection!r}" if selection else ""))
     return out
 

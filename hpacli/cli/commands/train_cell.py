@@ -48,6 +48,10 @@ def command(
         bool, typer.Option("--mask-labels", help="Zero the target classes a cell's image is not labelled with "
                            "(removes the image model's false positives; not in the original recipe).")
     ] = False,
+    mask_keep: Annotated[
+        str | None, typer.Option("--mask-keep", help="With --mask-labels: classes left unmasked, comma-separated "
+                                 "(e.g. 11: the mitotic spindle, which image labels seldom name).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cell/fold<F>).")] = None,
     init_from: Annotated[
         Path | None,
@@ -81,6 +85,10 @@ def command(
                           "0.05-bin accuracy against the soft targets), loss, map (against targets >= 0.5), or "
                           "cell_map (an analysis: reads the store's cell truth, synthetic data only).")
     ] = "bin_acc",
+    val_cells: Annotated[
+        int, typer.Option("--val-cells", min=0, help="Validate on a fixed random sample of this many validation "
+                          "cells (0: all of them).")
+    ] = 0,
     image_window: Annotated[
         int,
         typer.Option("--image-window", min=0, help="Shuffle cells within windows of this many images (fewer image "
@@ -134,9 +142,9 @@ def command(
     with training_display(quiet or json_out) as (progress, log):
         summary = run_train_cell(
             st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, mask_labels=mask_labels,
-            backbone=backbone, backbone_options=parse_options(option),
+            mask_keep=_classes(mask_keep), backbone=backbone, backbone_options=parse_options(option),
             init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
-            progress=progress, log=log,
+            val_cells=val_cells, progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
             epoch_offset=epoch_offset, loss=loss, device=device, workers=workers, amp="off" if no_amp else amp, eval_at_start=eval_at_start,
             best_metric=best_metric, max_steps=max_steps, seed=seed, resume=resume, overwrite=overwrite,
@@ -149,3 +157,16 @@ def command(
             print_json(summary)
         return
     report_trained("cell model", fold, summary, "cells", out)
+
+
+def _classes(text: str | None) -> tuple[int, ...]:
+    """``--mask-keep 11,12`` as class indices (refused in one line when not classes)."""
+    from ...classes import parse_labels
+    from ...errors import HpaError
+
+    if not text:
+        return ()
+    try:
+        return tuple(parse_labels(text.replace(",", "|")))
+    except ValueError as e:
+        raise HpaError(f"--mask-keep {text}: {e}") from None
