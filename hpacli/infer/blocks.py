@@ -115,8 +115,8 @@ def close_run(stage, summary, work) -> None:
 @contextlib.contextmanager
 def on_device(models, device):
     """Models moved to ``device`` in eval mode for the block, back to the CPU after. Weights go
-    channels-last (NHWC): convolutions run faster so on CPUs as on GPUs (about 15-20% on the
-    demo's CPU, ``benchmarks/channels_last.py``)."""
+    channels-last (NHWC), as in training (``benchmarks/channels_last.py`` compares the two
+    layouts on the machine at hand)."""
     import torch
 
     for m in models:

@@ -452,7 +452,7 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.device)
         if self.dist.active:  # each rank its own dropout stream (the weights come from rank 0 through DDP)
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.dist.rank]).generate_state(1)[0]))
-        self._cl = cfg.channels_last  # NHWC: faster convolutions on GPUs and CPUs (benchmarks/channels_last.py)
+        self._cl = cfg.channels_last  # NHWC on GPUs and CPUs (benchmarks/channels_last.py compares)
         if len(self.train_ds) < cfg.batch_size * self.dist.world:
             raise HpaError(
                 f"{len(self.train_ds)} training item(s) is fewer than one batch (--batch-size {cfg.batch_size}"
