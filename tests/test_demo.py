@@ -100,3 +100,29 @@ def test_yardstick_table_means_gains_and_markdown():
     # a row missing from one seed is left out rather than averaged over fewer seeds
     del per_seed[8]["rows"]["truth"]
     assert "truth" not in yardstick_table(per_seed, "outliers")["rows"]
+
+
+def test_yardstick_jobs_runs_seeds_in_worker_processes(tmp_path):
+    """`--jobs 2`: each seed runs in its own (spawned) process and the table gathers them; here
+    the seeds' demos are already finished, so each worker resumes, skips every step and
+    returns its scores (the pool, the gathering and the files, without training)."""
+    from dataclasses import replace
+
+    from hpacli.demo import SCORED, run_yardstick
+    from hpacli.plaindata import to_plain
+
+    base = DemoSettings.quick()
+    made = {7: _scores((0.60, 0.10), (0.64, 0.30), (0.70, 0.50)), 8: _scores((0.50, 0.00), (0.52, 0.20), (0.60, 0.40))}
+    for seed, scores in made.items():
+        s = replace(base, seed=seed, rows=tuple(ROWS), splits=SCORED)
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        done = {name: {"seconds": 60.0, "cpu_seconds": 60.0, "result": None} for name in demo_steps(s)}
+        (d / "demo.json").write_text(json.dumps({"settings": to_plain(s), "done": done}))
+        (d / "scores.json").write_text(json.dumps(scores))
+    table = run_yardstick(tmp_path, [8, 7], base, device="cpu", jobs=2)
+    assert table["jobs"] == 2 and table["seeds"] == [7, 8]
+    assert table["gain"]["test_mAP"]["per_seed"] == {7: pytest.approx(0.04), 8: pytest.approx(0.02)}
+    assert table["seconds_per_seed"] == {7: 60.0 * len(demo_steps(s)), 8: 60.0 * len(demo_steps(s))}
+    assert "+0.040" in (tmp_path / "yardstick.md").read_text()
+    assert json.loads((tmp_path / "yardstick.json").read_text())["jobs"] == 2

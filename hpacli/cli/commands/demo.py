@@ -29,6 +29,10 @@ def command(
         typer.Option("--rows", help="Rows to run, comma-separated, or 'all': image, soft, yopt, outliers, truth "
                      "(default: image and the pipeline's best row)."),
     ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="With --seeds: run this many seeds at once, each in its own "
+                          "process with a share of the CPU threads.")
+    ] = 1,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -59,7 +63,7 @@ def command(
             raise HpaError("--seeds names no seed")
         with make_progress(disable=quiet) as progress:
             table = run_yardstick(out, seed_list, settings, device=device, progress=progress,
-                                  log=lambda msg: progress.console.print(msg, highlight=False))
+                                  log=lambda msg: progress.console.print(msg, highlight=False), jobs=jobs)
         console.print(yardstick_markdown(table, table.get("seconds_per_seed")), markup=False, highlight=False)
         console.print(f"written: {out / 'yardstick.json'}, {out / 'yardstick.md'}")
         return
