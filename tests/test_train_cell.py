@@ -330,6 +330,17 @@ def test_killed_and_resumed_equals_uninterrupted(setup, kill_after, image_window
     assert all(r["bin_acc"] and r["val_loss"] for r in rows)
 
 
+def test_val_cells_is_a_fixed_sample_of_the_validation_cells(setup):
+    store, _, _, _, _, tmp = setup
+    full = _train(store, tmp, "all", epochs=1)
+    part = _train(store, tmp, "part", epochs=1, val_cells=3)
+    again = _train(store, tmp, "again", epochs=1, val_cells=3)
+    assert full.n_val > 3 and part.n_val == again.n_val == 3
+    assert part["history"][0]["bin_acc"] == again["history"][0]["bin_acc"]  # the same sample each run
+    extra = torch.load(tmp / "part" / "last.pt", weights_only=True)["train_config"]["extra"]
+    assert extra["val_cells"] == 3 and extra["n_val"] == 3
+
+
 def test_cli_train_cell_smoke(setup, cli):
     store, labels, _, labelled, _, tmp = setup
     cell_truth(store, labels)
@@ -371,6 +382,10 @@ def test_cli_train_cell_smoke(setup, cli):
     assert res.exit_code == EXIT_USAGE and "--targets" in res.output
     res = cli([*args, "--best-metric", "auto"])
     assert res.exit_code == EXIT_USAGE and "--best-metric must be one of bin_acc" in res.output
+    res = cli([*args, "--mask-keep", "11"])
+    assert res.exit_code == EXIT_USAGE and "needs --mask-labels" in res.output
+    res = cli([*args, "--mask-labels", "--mask-keep", "11,40"])
+    assert res.exit_code == EXIT_USAGE and "--mask-keep 11,40" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
         MC.read_cell_input(init)
 
