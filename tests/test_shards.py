@@ -183,7 +183,11 @@ def test_two_pseudolabel_processes_from_torchrun_variables_equal_one_run(tmp_pat
     a = arrays(store.path, [k.format("whole") for k in keys])
     b = arrays(store.path, [k.format("sh") for k in keys])
     for k in keys:
-        np.testing.assert_allclose(b[k.format("sh")].astype(np.float32), a[k.format("whole")].astype(np.float32),
+        got, want = b[k.format("sh")], a[k.format("whole")]
+        # the processes batch other cells together, and CPU convolutions round by batch: values
+        # agree to float32 rounding, so a float16 array (the embeddings) may differ by its last bit
+        rtol = 2.0 ** -10 if want.dtype == np.float16 else 1e-7
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=rtol,
                                    atol=1e-5, equal_nan=True, err_msg=k)
     from hpacli.store import pseudolabels as PL
 
