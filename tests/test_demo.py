@@ -126,3 +126,17 @@ def test_yardstick_jobs_runs_seeds_in_worker_processes(tmp_path):
     assert table["seconds_per_seed"] == {7: 60.0 * len(demo_steps(s)), 8: 60.0 * len(demo_steps(s))}
     assert "+0.040" in (tmp_path / "yardstick.md").read_text()
     assert json.loads((tmp_path / "yardstick.json").read_text())["jobs"] == 2
+
+
+def test_a_selection_that_accepted_nothing_is_row_b():
+    """Row (c) or (d) whose selection accepted no cell has (b)'s cell models, so the demo
+    neither trains nor predicts it again: it takes (b)'s files and scores."""
+    from hpacli.demo import same_models_as
+
+    rows = tuple(ROWS)
+    sel = {"yopt": {"accepted": 0}, "outliers": {"accepted": 5}}
+    assert same_models_as("yopt", rows, sel) == "soft"
+    assert same_models_as("outliers", rows, sel) == "outliers"
+    assert same_models_as("soft", rows, sel) == "soft" and same_models_as("truth", rows, sel) == "truth"
+    assert same_models_as("yopt", ("image", "yopt"), sel) == "yopt"  # no (b) to take from
+    assert same_models_as("yopt", rows, None) == "yopt"  # not selected yet
