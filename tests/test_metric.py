@@ -16,6 +16,7 @@ from hpacli.evaluate.metric import (
     evaluate_frames,
     evaluate_instances,
     pairwise_iou,
+    score_bounds,
 )
 from hpacli.evaluate.submission import HEADER, ImageInstances, format_prediction_string, parse_frame
 from hpacli.io.masks import encode_mask
@@ -518,3 +519,75 @@ def test_json_dict_has_every_class_and_null_for_nan():
     assert d["mAP"] == 1.0
     assert list(d["per_class_AP"]) == [str(c) for c in range(19)]
     assert d["per_class_AP"]["0"] == 1.0 and d["per_class_AP"]["1"] is None
+
+
+# ------------------------------------------------------------ floor and ceiling of a submission's cells
+
+
+def test_bounds_rescore_the_same_cells_randomly_and_with_their_true_classes():
+    # A is found exactly; B's mask is cut to 24 of its 40 pixels (IoU 0.6: a match); C is cut
+    # to 20 of 40 (IoU 0.5: missed by the segmentation); D is a cell that is not there.
+    b_cut, c_cut, d = rect(H, W, 10, 14, 0, 6), rect(H, W, 10, 14, 10, 15), rect(H, W, 16, 20, 0, 10)
+    t = truth([("x", H, W, [(0, A), (2, A), (5, B), (5, C), (0, B)])])
+    triples = [(c, 0.5, m) for m in (A, b_cut, c_cut, d) for c in (0, 2, 5)]
+    truth_i = parse_frame(t, kind="truth").images
+    sub_i = parse_frame(frame([("x", H, W, triples)])).images
+    got = score_bounds(truth_i, sub_i)
+    # ceiling: class 0: A and B found, first two of 4 detections -> AP 1; class 2: AP 1;
+    # class 5: B found, C missed -> recall 1/2 at precision 1 -> AP 0.5
+    assert got["ceiling"] == pytest.approx((1 + 1 + 0.5) / 3)
+    # the same as scoring those 0/1 scores by hand
+    hand = frame([("x", H, W, [(c, float(ok), m) for (c, _, m), ok in zip(
+        triples, [1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0])])])
+    assert evaluate_frames(t, hand).mAP == pytest.approx(got["ceiling"])
+    # floor: seeded, so the same twice; another seed, another value; below the ceiling
+    assert score_bounds(truth_i, sub_i)["floor"] == got["floor"]
+    assert score_bounds(truth_i, sub_i, seed=1)["floor"] != got["floor"]
+    assert 0.0 < got["floor"] < got["ceiling"]
+    # a perfect segmentation with every class as a triple: the ceiling is 1
+    whole = parse_frame(frame([("x", H, W, [(c, 0.5, m) for m in (A, B, C) for c in (0, 2, 5)])])).images
+    assert score_bounds(truth_i, whole)["ceiling"] == 1.0
+
+
+def test_bounds_on_random_cases_match_a_pixel_loop_ceiling():
+    import dataclasses
+
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        t, s = _random_case(rng)
+        ti, si = parse_frame(t, kind="truth").images, parse_frame(s).images
+        got = score_bounds(ti, si, draws=2)
+        # the ceiling written out: a detection scores 1 when some truth instance of its class
+        # overlaps its mask with IoU >= 0.6
+        gts, dets = _decode_rows(t), _decode_rows(s)
+        rows = []
+        for image_id, triples in dets.items():
+            inst = gts.get(image_id, [])
+            rows.append((image_id, 24, 24, [
+                (c, float(any((m & g).sum() / (m | g).sum() >= 0.6 for gc, _, g in inst if gc == c)), m)
+                for c, _, m in triples]))
+        want = evaluate_frames(t, frame(rows)).mAP
+        if math.isnan(want):
+            assert math.isnan(got["ceiling"])
+            continue
+        assert got["ceiling"] == pytest.approx(want, abs=1e-12)
+        # reusing the IoUs gives the same scores as computing them again
+        ious = {k: pairwise_iou(p, ti[k]) for k, p in si.items() if k in ti}
+        flat = {k: dataclasses.replace(p, scores=np.full(len(p.labels), 0.5)) for k, p in si.items()}
+        assert evaluate(ti, si, ious=ious).mAP == pytest.approx(evaluate(ti, si).mAP, abs=1e-12)
+        assert evaluate(ti, flat, ious=ious).mAP == pytest.approx(evaluate(ti, flat).mAP, abs=1e-12)
+
+
+def test_cli_evaluate_bounds_in_the_json(tmp_path, cli):
+    import json
+
+    t = truth([("x", H, W, [(0, A), (2, A), (5, B)])])
+    s = frame([("x", H, W, [(c, 0.5, m) for m in (A, B) for c in (0, 2, 5)])])
+    t.to_csv(tmp_path / "truth.csv", index=False)
+    s.to_csv(tmp_path / "sub.csv", index=False)
+    res = cli(["evaluate", "--truth", tmp_path / "truth.csv", "--submission", tmp_path / "sub.csv", "--bounds",
+               "--json", tmp_path / "out.json", "-q"])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "out.json").read_text())["bounds"]
+    assert got["ceiling"] == 1.0 and 0.0 < got["floor"] < 1.0
+    assert "ceiling" in " ".join(res.output.split())

@@ -210,19 +210,21 @@ def pairwise_iou(pred: ImageInstances, truth: ImageInstances, iou: str = "mask")
 
 
 def match_image(
-    pred: ImageInstances, truth: ImageInstances, iou: str = "mask", threshold: float = 0.6
+    pred: ImageInstances, truth: ImageInstances, iou: str = "mask", threshold: float = 0.6,
+    ious: np.ndarray | None = None,
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
     """Greedy matching in one image: ``({class: (scores, is_tp) in matching order}, n_dropped)``.
 
     Only classes in the image's truth are evaluated; detections of other classes are
-    dropped and counted."""
+    dropped and counted. ``ious``: the image's :func:`pairwise_iou`, when already known."""
     classes = np.unique(truth.labels)
     keep = np.isin(pred.labels, classes)
     n_dropped = int(len(pred.labels) - keep.sum())
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if not keep.any():
         return out, n_dropped
-    ious = pairwise_iou(pred, truth, iou)
+    if ious is None:
+        ious = pairwise_iou(pred, truth, iou)
     for c in np.unique(pred.labels[keep]):
         det = np.flatnonzero(pred.labels == c)
         det = det[np.argsort(-pred.scores[det], kind="stable")]
@@ -272,8 +274,11 @@ def evaluate(
     threshold: float = 0.6,
     ties: str = "submission",
     progress=None,
+    ious: Mapping[str, np.ndarray] | None = None,
 ) -> EvalResult:
-    """The metric on parsed instances (see the module docstring for the rules)."""
+    """The metric on parsed instances (see the module docstring for the rules). ``ious``:
+    per image id, its :func:`pairwise_iou` when already known (scoring other scores for the
+    same masks)."""
     if iou not in IOU_MODES:
         raise InputError(f"--iou must be one of {', '.join(IOU_MODES)}, not {iou!r}")
     if ties not in TIE_MODES:
@@ -294,7 +299,7 @@ def evaluate(
             n_without += 1
             n_dropped += len(p)
         else:
-            per_class, dropped = match_image(p, t, iou, threshold)
+            per_class, dropped = match_image(p, t, iou, threshold, None if ious is None else ious.get(image_id))
             n_dropped += dropped
             for c, (s, tp) in per_class.items():
                 pooled_s[c].append(s)
@@ -325,6 +330,50 @@ def evaluate(
         n_dropped=n_dropped,
         n_empty=n_empty,
     )
+
+
+def score_bounds(
+    truth: Mapping[str, ImageInstances],
+    preds: Mapping[str, ImageInstances],
+    iou: str = "mask",
+    threshold: float = 0.6,
+    draws: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """What the metric can give for the cells of a submission, whatever its scores: the same
+    masks and (mask, class) triples rescored two ways.
+
+    ``ceiling``: a triple scores 1 when the truth instance of its class that its mask
+    overlaps most has IoU >= ``threshold`` (the match :func:`match_image` looks for), else 0:
+    a perfect classifier of these cells; what it misses is the segmentation's. ``floor``: the mean mAP of ``draws`` sets of
+    uniform random scores (seeded). A submission's place between the two is its
+    classifier's; the same pairwise IoUs serve every rescoring."""
+    from dataclasses import replace
+
+    ious = {k: pairwise_iou(p, truth[k], iou) for k, p in preds.items() if k in truth}
+    perfect = {}
+    for k, p in preds.items():
+        t, s = truth.get(k), np.zeros(len(p.labels))
+        if t is not None and len(p.labels) and t.n_masks:
+            shows = np.zeros((p.n_masks, N_CLASSES), dtype=bool)  # mask x class: a match of that class
+            for c in np.unique(t.labels):
+                shows[:, c] = ious[k][:, np.unique(t.mask_index[t.labels == c])].max(axis=1) >= threshold
+            s = shows[p.mask_index, p.labels].astype(np.float64)
+        perfect[k] = replace(p, scores=s)
+    rng = np.random.default_rng(seed)
+    floor = [evaluate(truth, {k: replace(p, scores=rng.random(len(p.labels))) for k, p in preds.items()},
+                      iou, threshold, ious=ious).mAP for _ in range(max(1, int(draws)))]
+    return {"floor": float(np.mean(floor)), "ceiling": evaluate(truth, perfect, iou, threshold, ious=ious).mAP}
+
+
+def bounds_files(truth_path: str | Path, submission_path: str | Path, iou: str = "mask",
+                 threshold: float = 0.6) -> dict[str, float]:
+    """:func:`score_bounds` of a submission file against a truth file."""
+    truth = parse_frame(read_frame(truth_path), kind="truth")
+    sub = parse_frame(read_frame(submission_path), kind="submission")
+    _raise_both(truth.problems, sub.problems, f"truth file {truth_path}", f"submission file {submission_path}")
+    _check_sizes(truth.images, sub.images, MAX_PROBLEMS)
+    return score_bounds(truth.images, sub.images, iou, threshold)
 
 
 # --------------------------------------------------------------------------- entry points

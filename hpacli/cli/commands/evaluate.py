@@ -26,6 +26,11 @@ def command(
             "order-independent; the evaluator's score when tied false positives come first).",
         ),
     ] = "submission",
+    bounds: Annotated[
+        bool,
+        typer.Option("--bounds", help="Also score the submission's cells with random scores (floor, mean of 3 "
+                     "seeded draws) and with their true classes (ceiling: a perfect classifier of these cells)."),
+    ] = False,
     json_out: Annotated[
         str | None,
         typer.Option("--json", help="Also write {mAP, per_class_AP} as JSON to this path ('-' for stdout)."),
@@ -40,7 +45,7 @@ def command(
     from rich.table import Table
 
     from ...errors import InputError
-    from ...evaluate.metric import IOU_MODES, TIE_MODES, evaluate_files
+    from ...evaluate.metric import IOU_MODES, TIE_MODES, bounds_files, evaluate_files
     from ...progress import console, make_progress
 
     if iou not in IOU_MODES:
@@ -78,9 +83,17 @@ def command(
     for note in notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
     out.print(f"mAP {map_text}", highlight=False)
+    room = None
+    if bounds:
+        room = bounds_files(truth, submission, iou=iou, threshold=iou_threshold)
+        out.print(f"the same cells rescored: random scores (floor) {room['floor']:.4f}, their true classes "
+                  f"(ceiling) {room['ceiling']:.4f}", highlight=False)
 
     if json_out is not None:
-        text = json.dumps(result.to_json_dict(), indent=2)
+        data = result.to_json_dict()
+        if room is not None:
+            data["bounds"] = room
+        text = json.dumps(data, indent=2)
         if json_out == "-":
             typer.echo(text)
         else:
