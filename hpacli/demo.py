@@ -52,6 +52,10 @@ ROWS = {
     "outliers": "(d) (b) + outlier selection",
     "truth": "(e) cell model on true labels (bound)",
 }
+BOUNDS = {  # the same cells rescored (hpacli.evaluate.metric.score_bounds): what any classifier of them gives
+    "floor": "random scores on the same cells (floor)",
+    "ceiling": "true classes on the same cells (ceiling)",
+}
 PIPELINE_ROWS = ("soft", "yopt", "outliers")  # rows that use nothing but what real data offers
 SELECTION_OF = {"yopt": "yopt", "outliers": "outliers"}
 SCORED = ("dev", "test")
@@ -394,10 +398,17 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, device: str = "
             for split in s.splits:
                 res = evaluate_files(data / f"{split}_truth.csv", submission_path(out, row, split))
                 scores["rows"][row][split] = {"mAP": res.mAP, "per_class_AP": res.per_class_ap}
+        # what any scores could give on these cells (every row has the same cells): the room
+        # between random scores and a perfect classifier, for reading the rows above
+        from .evaluate.metric import bounds_files
+
+        scores["bounds"] = {split: bounds_files(data / f"{split}_truth.csv", submission_path(out, "image", split))
+                            for split in s.splits}
         st = open_store(store_path, "r")
-        scores["selections"] = {name: _recovery(st, name) for name in sorted(
+        spindle_truth = _train_spindle_truth(st)  # the training cells' truth, read once for both analyses
+        scores["selections"] = {name: _recovery(st, name, spindle_truth) for name in sorted(
             {SELECTION_OF[r] for r in s.rows if r in SELECTION_OF})}
-        scores["y_init_spindle"] = _y_init_signal(st)
+        scores["y_init_spindle"] = _y_init_signal(st, spindle_truth)
         (out / "scores.json").write_text(json.dumps(to_plain(scores), indent=1))
         return {"rows": list(scores["rows"])}
 
@@ -445,13 +456,14 @@ def _train_spindle_truth(store):
     return truth[:, MITOTIC_SPINDLE] & (fold >= 0), fold, y_init, matched
 
 
-def _recovery(store, name: str) -> dict:
+def _recovery(store, name: str, spindle_truth=None) -> dict:
     """An analysis (reads the training images' cell truth): of the mitotic-spindle cells that
     the labels missed (Y_init < 0.4 although the cell truly shows the spindle), how many the
-    selection ``name`` recovered; and its precision."""
+    selection ``name`` recovered; and its precision. ``spindle_truth``:
+    :func:`_train_spindle_truth`, when already read."""
     from .store import denoise as layout
 
-    spindle, fold, y_init, matched = _train_spindle_truth(store)
+    spindle, fold, y_init, matched = spindle_truth or _train_spindle_truth(store)
     missing = spindle & (y_init < 0.4)
     selected, attrs = layout.read_selection(store, "oof", name)
     sel = np.zeros(len(fold), dtype=bool)
@@ -469,14 +481,14 @@ def _recovery(store, name: str) -> dict:
     }
 
 
-def _y_init_signal(store) -> dict:
+def _y_init_signal(store, spindle_truth=None) -> dict:
     """An analysis: how well Y_init (the image models' out-of-fold pseudo-label) ranks the truly
     spindle cells inside the training images labelled with the spindle (AP), beside chance
     (the share of spindle cells there); and over all de-noised cells."""
     from .store.cells import CellTable
     from .train.metrics import average_precision
 
-    spindle, fold, y_init, matched = _train_spindle_truth(store)
+    spindle, fold, y_init, matched = spindle_truth or _train_spindle_truth(store)
     image = CellTable(store).column("image").astype(np.int64)
     labelled = store.images.labels()[:, MITOTIC_SPINDLE][image] > 0
     out = {}
@@ -503,7 +515,8 @@ def yardstick_table(per_seed: dict[int, dict], best: str) -> dict:
     spindle AP inside labelled images beside chance."""
     spindle = str(MITOTIC_SPINDLE)
     rows = [r for r in ROWS if all(r in sc["rows"] for sc in per_seed.values())]
-    table: dict = {"best": best, "seeds": sorted(per_seed), "rows": {}, "selections": {}, "y_init": {}, "gain": {}}
+    table: dict = {"best": best, "seeds": sorted(per_seed), "rows": {}, "selections": {}, "y_init": {}, "gain": {},
+                   "bounds": {}}
     for r in rows:
         entry = {}
         for metric, get in (("test_mAP", lambda d: d.get("test", {}).get("mAP")),
@@ -522,6 +535,13 @@ def yardstick_table(per_seed: dict[int, dict], best: str) -> dict:
     for n in names:
         table["selections"][n] = {seed: per_seed[seed]["selections"].get(n) for seed in sorted(per_seed)}
     table["y_init"] = {seed: per_seed[seed].get("y_init_spindle") for seed in sorted(per_seed)}
+    if all("bounds" in sc for sc in per_seed.values()):
+        for b in ("floor", "ceiling"):
+            entry = {}
+            for metric, split in (("test_mAP", "test"), ("dev_mAP", "dev")):
+                vals = {seed: (per_seed[seed]["bounds"].get(split) or {}).get(b) for seed in sorted(per_seed)}
+                entry[metric] = {"per_seed": vals, "mean_sd": _mean_sd(vals.values())}
+            table["bounds"][b] = entry
     return table
 
 
@@ -546,6 +566,10 @@ def yardstick_markdown(table: dict, timings: dict[int, float] | None = None) -> 
             f"{g['test_mAP']['per_seed'][s]:+.3f}" for s in seeds) + " | "
             + " | ".join(f"{m:+.3f} ± {sd:.3f}" for m, sd in (g[k]["mean_sd"] for k in ("test_mAP", "spindle_AP",
                                                                                           "dev_mAP"))) + " |")
+    for b, e in table.get("bounds", {}).items():
+        ms = [e["test_mAP"]["mean_sd"], (None, None), e["dev_mAP"]["mean_sd"]]
+        lines.append(f"| {BOUNDS[b]} | " + " | ".join(f(e["test_mAP"]["per_seed"][s]) for s in seeds) + " | "
+                     + " | ".join("–" if m is None else f"{f(m)} ± {f(sd)}" for m, sd in ms) + " |")
     lines.append("")
     lines.append("| spindle AP (test) | " + " | ".join(f"s{s}" for s in seeds) + " |")
     lines.append("|---|" + "---|" * len(seeds))

@@ -94,7 +94,14 @@ def test_yardstick_table_means_gains_and_markdown():
     assert t["gain"]["test_mAP"]["mean_sd"][0] == pytest.approx(0.03)
     assert t["gain"]["spindle_AP"]["mean_sd"][0] == pytest.approx(0.20)
     assert t["rows"]["image"]["dev_mAP"]["per_seed"][8] == pytest.approx(0.51)
+    assert t["bounds"] == {}  # no seed scored the bounds
+    for seed, (lo, hi) in ((7, (0.55, 0.85)), (8, (0.45, 0.75))):
+        per_seed[seed]["bounds"] = {"test": {"floor": lo, "ceiling": hi}, "dev": {"floor": lo + 0.01, "ceiling": hi}}
+    t = yardstick_table(per_seed, "outliers")
+    assert t["bounds"]["ceiling"]["test_mAP"]["mean_sd"][0] == pytest.approx(0.80)
+    assert t["bounds"]["floor"]["dev_mAP"]["per_seed"] == {7: pytest.approx(0.56), 8: pytest.approx(0.46)}
     md = yardstick_markdown(t, {7: 600.0, 8: 660.0})
+    assert "| random scores on the same cells (floor) | 0.550 | 0.450 | 0.500 ± 0.071 | – | 0.510 ± 0.071 |" in md
     assert "| (d) (b) + outlier selection | 0.640 | 0.520 | 0.580 ± 0.085 |" in md
     assert "+0.040" in md and "3 / 10, 0.500 (6)" in md and "0.300 (chance 0.100)" in md and "s8 11.0 min" in md
     # a row missing from one seed is left out rather than averaged over fewer seeds

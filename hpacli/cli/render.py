@@ -116,6 +116,13 @@ def demo_tables(result) -> list[Table]:
         test = sc.get("test") or {}
         table.add_row(ROWS.get(row, row), *(fmt((sc.get(sp) or {}).get("mAP")) for sp in splits),
                       fmt((test.get("per_class_AP") or {}).get(spindle)))
+    bounds = scores.get("bounds") or {}
+    if bounds:
+        from ..demo import BOUNDS
+
+        table.add_section()
+        for b, name in BOUNDS.items():
+            table.add_row(f"[dim]{name}[/]", *(fmt((bounds.get(sp) or {}).get(b)) for sp in splits), "")
     if best in scores["rows"]:
         table.caption = (f"submission.csv: row {ROWS.get(best, best).split(')')[0]}); "
                          "submission_image_model.csv: row (a)")
