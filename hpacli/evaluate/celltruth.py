@@ -29,20 +29,21 @@ def cell_truth(store, images=None, min_iou: float = 0.5) -> tuple[np.ndarray, np
     image with truth). Rows of other images, and unmatched cells, stay all False."""
     from ..store.cells import CellTable
     from ..store.segmentation import read_labels_full
-    from ..store.truth import read_has, truth_label_images
+    from ..store.truth import TruthReader
 
     cells = CellTable(store)
     n = cells.n
     classes = np.zeros((n, N_CLASSES), dtype=bool)
     matched = np.zeros(n, dtype=bool)
-    has = read_has(store)
+    reader = TruthReader(store)
+    has = reader.has
     todo = np.flatnonzero(has) if images is None else [int(i) for i in images if has[int(i)]]
     cell_id = cells.column("cell_id")
     for i in todo:
         rows = cells.rows_of(int(i))
         if rows.stop == rows.start:
             continue
-        truth, truth_classes = truth_label_images(store, int(i))
+        truth, truth_classes = reader.label_images(int(i))
         _, seg = read_labels_full(store, int(i))
         mapping = match_labels(seg, truth, min_iou)
         for r in range(rows.start, rows.stop):

@@ -148,17 +148,35 @@ def read_truth(store) -> pd.DataFrame:
 def truth_label_images(store, image_index: int) -> tuple[np.ndarray, dict[int, set[int]]]:
     """Decode one image's truth: an int32 label image (each distinct mask gets an id 1, 2, ...
     in order of first appearance; where masks overlap the later one wins) and
-    ``{cell id: set of classes}``."""
+    ``{cell id: set of classes}``. For many images, :class:`TruthReader` reads the table once."""
+    return TruthReader(store).label_images(image_index)
+
+
+class TruthReader:
+    """The truth of many images: the images' sizes, the truth strings and which images have
+    truth are read from the store once (not once per image)."""
+
+    def __init__(self, store) -> None:
+        self.n = store.images.n
+        meta = store.images.df()
+        self.height = meta["height"].to_numpy()
+        self.width = meta["width"].to_numpy()
+        self.has = read_has(store, self.n)
+        self.strings = read_strings(store, self.n)
+
+    def label_images(self, image_index: int) -> tuple[np.ndarray, dict[int, set[int]]]:
+        """:func:`truth_label_images` of one image."""
+        if not 0 <= image_index < self.n:
+            raise StoreError(f"image index {image_index} is outside 0..{self.n - 1}")
+        if not self.has[image_index]:
+            raise StoreError(f"image {image_index} has no cell-level truth; {HINT}")
+        return _decode(str(self.strings[image_index]), int(self.height[image_index]), int(self.width[image_index]),
+                       image_index)
+
+
+def _decode(text: str, h: int, w: int, image_index: int) -> tuple[np.ndarray, dict[int, set[int]]]:
     from ..io.masks import decode_mask
 
-    n = store.images.n
-    if not 0 <= image_index < n:
-        raise StoreError(f"image index {image_index} is outside 0..{n - 1}")
-    if not read_has(store, n)[image_index]:
-        raise StoreError(f"image {image_index} has no cell-level truth; {HINT}")
-    meta = store.images.df()
-    h, w = int(meta["height"].iat[image_index]), int(meta["width"].iat[image_index])
-    text = str(store.array(f"{GROUP}/prediction_string")[image_index])
     labels = np.zeros((h, w), dtype=np.int32)
     classes: dict[int, set[int]] = {}
     ids: dict[str, int] = {}

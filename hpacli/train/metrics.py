@@ -79,13 +79,13 @@ class CellMapScorer:
 
     def __init__(self, store, rows: np.ndarray, max_images: int = 500, log=None) -> None:
         from ..store.cells import CellTable
-        from ..store.truth import read_has, truth_label_images
+        from ..store.truth import TruthReader
 
         self.available = False
         cells = CellTable(store)
         image = cells.column("image")[rows]
-        has = read_has(store)
-        imgs = [int(i) for i in np.unique(image) if has[int(i)]]
+        reader = TruthReader(store)
+        imgs = [int(i) for i in np.unique(image) if reader.has[int(i)]]
         if not imgs:
             return
         if len(imgs) > max_images:
@@ -97,7 +97,7 @@ class CellMapScorer:
         self.truth, self.pred_labels, self.members = {}, {}, {}
         for img in imgs:
             key = str(ids[img])
-            self.truth[key] = truth_label_images(store, img)
+            self.truth[key] = reader.label_images(img)
             self.pred_labels[key] = _predicted_labels(store, img)
             pos = np.flatnonzero(image == img)
             self.members[key] = (pos, cell_id[pos])
