@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from hpacli.classes import MITOTIC_SPINDLE, N_CLASSES, parse_labels
 from hpacli.cli.app import build_app
 from hpacli.data.synth import SynthConfig, run_synth
-from hpacli.errors import EXIT_USAGE, InputError
+from hpacli.errors import EXIT_USAGE, InputError, StoreError
 from hpacli.io.masks import decode_mask
 from hpacli.store import open_store
-from hpacli.store.truth import read_truth, truth_label_images, write_truth
+from hpacli.store.truth import TruthReader, read_truth, truth_label_images, write_truth
 
 SMALL = {"n_images": 12, "size": 96, "test_images": 4, "seed": 3}
 
@@ -132,6 +132,15 @@ def test_ingest_reads_layout_and_truth(small, tmp_path):
         assert np.array_equal(lab, ref)
         rows = cells[cells["ID"] == df["ID"].iat[i]]
         assert classes == {int(k): set(parse_labels(v)) for k, v in zip(rows["cell_id"], rows["labels"])}
+    # one reader for many images decodes the same; images without truth are refused
+    reader = TruthReader(st)
+    for i in range(12):
+        lab, classes = reader.label_images(i)
+        ref_lab, ref_classes = truth_label_images(st, i)
+        assert np.array_equal(lab, ref_lab) and classes == ref_classes
+    for bad, msg in ((12, "has no cell-level truth"), (20, "outside 0..19")):  # a dev image; past the table
+        with pytest.raises(StoreError, match=msg):
+            reader.label_images(bad)
     # re-running ingest adds nothing and keeps the truth
     assert _invoke("ingest", small, "--store", store_path, "--quiet").exit_code == 0
     assert read_truth(open_store(store_path))["PredictionString"].tolist() == truth["PredictionString"].tolist()
