@@ -456,14 +456,14 @@ def _train_spindle_truth(store):
     return truth[:, MITOTIC_SPINDLE] & (fold >= 0), fold, y_init, matched
 
 
-def _recovery(store, name: str, spindle_truth=None) -> dict:
+def _recovery(store, name: str, spindle_truth) -> dict:
     """An analysis (reads the training images' cell truth): of the mitotic-spindle cells that
     the labels missed (Y_init < 0.4 although the cell truly shows the spindle), how many the
     selection ``name`` recovered; and its precision. ``spindle_truth``:
-    :func:`_train_spindle_truth`, when already read."""
+    :func:`_train_spindle_truth` (read once for both analyses)."""
     from .store import denoise as layout
 
-    spindle, fold, y_init, matched = spindle_truth or _train_spindle_truth(store)
+    spindle, fold, y_init, matched = spindle_truth
     missing = spindle & (y_init < 0.4)
     selected, attrs = layout.read_selection(store, "oof", name)
     sel = np.zeros(len(fold), dtype=bool)
@@ -481,14 +481,14 @@ def _recovery(store, name: str, spindle_truth=None) -> dict:
     }
 
 
-def _y_init_signal(store, spindle_truth=None) -> dict:
+def _y_init_signal(store, spindle_truth) -> dict:
     """An analysis: how well Y_init (the image models' out-of-fold pseudo-label) ranks the truly
     spindle cells inside the training images labelled with the spindle (AP), beside chance
     (the share of spindle cells there); and over all de-noised cells."""
     from .store.cells import CellTable
     from .train.metrics import average_precision
 
-    spindle, fold, y_init, matched = spindle_truth or _train_spindle_truth(store)
+    spindle, fold, y_init, matched = spindle_truth
     image = CellTable(store).column("image").astype(np.int64)
     labelled = store.images.labels()[:, MITOTIC_SPINDLE][image] > 0
     out = {}
