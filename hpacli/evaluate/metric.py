@@ -345,8 +345,8 @@ def score_bounds(
 
     ``ceiling``: a triple scores 1 when the truth instance of its class that its mask
     overlaps most has IoU >= ``threshold`` (the match :func:`match_image` looks for), else 0:
-    a perfect classifier of these cells; what it misses is the segmentation's. ``floor``: the mean mAP of ``draws`` sets of
-    uniform random scores (seeded). A submission's place between the two is its
+    a perfect classifier of these cells; what it misses is the segmentation's. ``floor``: the
+    mean mAP of ``draws`` sets of uniform random scores (seeded). A submission's place between the two is its
     classifier's; the same pairwise IoUs serve every rescoring."""
     from dataclasses import replace
 
@@ -369,11 +369,8 @@ def score_bounds(
 def bounds_files(truth_path: str | Path, submission_path: str | Path, iou: str = "mask",
                  threshold: float = 0.6) -> dict[str, float]:
     """:func:`score_bounds` of a submission file against a truth file."""
-    truth = parse_frame(read_frame(truth_path), kind="truth")
-    sub = parse_frame(read_frame(submission_path), kind="submission")
-    _raise_both(truth.problems, sub.problems, f"truth file {truth_path}", f"submission file {submission_path}")
-    _check_sizes(truth.images, sub.images, MAX_PROBLEMS)
-    return score_bounds(truth.images, sub.images, iou, threshold)
+    truth, sub = _read_files(truth_path, submission_path, MAX_PROBLEMS)
+    return score_bounds(truth, sub, iou, threshold)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -408,13 +405,18 @@ def evaluate_files(
     progress=None,
 ) -> EvalResult:
     """:func:`evaluate_frames` on two CSV files (InputError for a missing file or bad header)."""
-    truth_df = read_frame(truth_path)
-    sub_df = read_frame(submission_path)
-    truth = parse_frame(truth_df, kind="truth", max_problems=max_problems)
-    sub = parse_frame(sub_df, kind="submission", max_problems=max_problems)
+    truth, sub = _read_files(truth_path, submission_path, max_problems)
+    return evaluate(truth, sub, iou=iou, threshold=threshold, ties=ties, progress=progress)
+
+
+def _read_files(truth_path, submission_path, max_problems: int):
+    """Parsed (truth, submission) instances of two CSV files, every problem of both raised
+    as one InputError."""
+    truth = parse_frame(read_frame(truth_path), kind="truth", max_problems=max_problems)
+    sub = parse_frame(read_frame(submission_path), kind="submission", max_problems=max_problems)
     _raise_both(truth.problems, sub.problems, f"truth file {truth_path}", f"submission file {submission_path}")
     _check_sizes(truth.images, sub.images, max_problems)
-    return evaluate(truth.images, sub.images, iou=iou, threshold=threshold, ties=ties, progress=progress)
+    return truth.images, sub.images
 
 
 def evaluate_instances(
