@@ -116,6 +116,7 @@ def run_train_cell(
     denoise_run: str | None = None,
     mask_labels: bool = False,
     mask_keep=(),
+    rescale_in_image: bool = False,
     backbone: str | None = None,
     backbone_options: dict | None = None,
     init_from: str | Path | None = None,
@@ -159,7 +160,10 @@ def run_train_cell(
         raise HpaError("--mask-keep names classes to leave unmasked: it needs --mask-labels")
     if targets == "truth" and (selection or mask_labels):
         raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
-    tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels, mask_keep)
+    if targets == "truth" and rescale_in_image:
+        raise HpaError("--targets truth takes no --rescale-in-image (true labels are 0 or 1)")
+    tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels, mask_keep,
+                          rescale_in_image)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)
     if val_cells < 0:
         raise HpaError("--val-cells must be 0 (all) or more")
@@ -216,6 +220,7 @@ def run_train_cell(
         "n_selected": int(tg.n_selected),
         "mask_labels": bool(mask_labels),
         "mask_keep": list(mask_keep),
+        "rescale_in_image": bool(rescale_in_image),
         "best_metric": best_metric,
         "folds_name": folds_name,
         # what the out-of-fold guard of predict checks (hpacli.models.trained_on)

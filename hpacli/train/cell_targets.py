@@ -64,12 +64,15 @@ class CellTargets:
 
 
 def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classes=None,
-                    image_labels: np.ndarray | None = None, mask_keep=()) -> CellTargets:
+                    image_labels: np.ndarray | None = None, mask_keep=(), image: np.ndarray | None = None,
+                    ) -> CellTargets:
     """Pure part of :func:`assemble_targets`: copy ``base`` ``[C, ≥19]`` (first 19 columns,
     NaN rows where ``has`` is False); with ``image_labels`` (``[C, 19]`` multi-hot, each
     cell's image labels) zero the classes its image is not labelled with, except the
     classes in ``mask_keep`` (those the labels are known to miss keep their pseudo-label);
-    then set ``y[row, class] = 1`` for the selected rows that have a target."""
+    with ``image`` too (``[C]``, each cell's image) rescale each labelled class inside its
+    image (:func:`rescale_in_image`); then set ``y[row, class] = 1`` for the selected rows
+    that have a target."""
     base = np.asarray(base, dtype=np.float32)
     if base.ndim != 2 or base.shape[1] < N_CLASSES:
         raise StoreError(f"targets must be [cells, {N_CLASSES}+], got shape {base.shape}")
@@ -85,8 +88,12 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
         keep = np.asarray(list(mask_keep), dtype=np.int64)
         if len(keep) and (keep.min() < 0 or keep.max() >= N_CLASSES):
             raise HpaError(f"--mask-keep classes must be in 0..{N_CLASSES - 1}")
+        labelled = mask > 0
         mask[:, keep] = 1.0
         y[has] *= mask[has]
+        if image is not None:
+            labelled[:, keep] = False  # classes the labels miss are not read through them
+            rescale_in_image(y, has, np.asarray(image, dtype=np.int64), labelled)
     n_sel = skipped = 0
     if sel_rows is not None and len(sel_rows):
         rows = np.asarray(sel_rows, dtype=np.int64)
@@ -101,15 +108,36 @@ def combine_targets(base: np.ndarray, has: np.ndarray, sel_rows=None, sel_classe
     return CellTargets(y, has, "", n_sel, skipped)
 
 
+def rescale_in_image(y: np.ndarray, has: np.ndarray, image: np.ndarray, labelled: np.ndarray) -> None:
+    """Divide, in place, each (image, class) group of soft targets named by ``labelled``
+    (``[C, 19]`` bool: the class is among the cell's image labels) by the group's largest
+    target, so the image's most confident cell for a class it is labelled with gets 1.
+    An image labelled with a class shows it in at least one cell, while the image model's
+    crop predictions are calibrated on whole images and stay low on single cells; the
+    ranking of the image's cells is kept. Groups whose largest target is 0 stay 0."""
+    if len(image) != len(y):
+        raise StoreError(f"{len(image)} cell images for {len(y)} targets")
+    rows, cols = np.nonzero(labelled & np.asarray(has, dtype=bool)[:, None])
+    if not len(rows):
+        return
+    top = np.zeros((int(image.max()) + 1, y.shape[1]), dtype=np.float32)
+    np.maximum.at(top, (image[rows], cols), y[rows, cols])
+    t = top[image[rows], cols]
+    ok = t > 1e-6
+    y[rows[ok], cols[ok]] = np.minimum(y[rows[ok], cols[ok]] / t[ok], 1.0)
+
+
 def assemble_targets(
     store, labels_run: str, selection: str | None = None, targets: str = "soft", denoise_run: str | None = None,
-    mask_labels: bool = False, mask_keep=(),
+    mask_labels: bool = False, mask_keep=(), rescale: bool = False,
 ) -> CellTargets:
     """The cell targets of the store: see :func:`combine_targets`. ``mask_labels`` keeps
     only the classes of each cell's image labels (weak labels miss classes but rarely add
     wrong ones, so this removes the image model's false positives from the targets), except
     the classes of ``mask_keep``: classes the labels are known to miss (the mitotic spindle,
-    shown by few cells and seldom labelled) keep their pseudo-label everywhere."""
+    shown by few cells and seldom labelled) keep their pseudo-label everywhere. ``rescale``
+    (with ``mask_labels``) divides each labelled class's targets by their maximum over the
+    image's cells (:func:`rescale_in_image`)."""
     from ..store import pseudolabels as PL
 
     if targets not in TARGET_KINDS:
@@ -129,14 +157,19 @@ def assemble_targets(
     rows = classes = None
     if selection:
         rows, classes = read_selection(store, selection, denoise_run or labels_run)
-    image_labels = None
+    if rescale and not mask_labels:
+        raise HpaError("--rescale-in-image rescales the classes of each image's labels: it needs --mask-labels")
+    image_labels = image = None
     if mask_labels:
         from ..store.cells import CellTable
 
-        image_labels = store.images.labels()[CellTable(store).column("image").astype(np.int64)]
-    out = combine_targets(base, has, rows, classes, image_labels, mask_keep if mask_labels else ())
+        image = CellTable(store).column("image").astype(np.int64)
+        image_labels = store.images.labels()[image]
+    out = combine_targets(base, has, rows, classes, image_labels, mask_keep if mask_labels else (),
+                          image if rescale else None)
     kept = f" (but {', '.join(map(str, mask_keep))})" if mask_labels and len(mask_keep) else ""
     out.source = (f"{targets} targets of {labels_run!r}" + (f" masked by image labels{kept}" if mask_labels else "")
+                  + (", rescaled to 1 per labelled image" if rescale else "")
                   + (f" + selection {selection!r}" if selection else ""))
     return out
 

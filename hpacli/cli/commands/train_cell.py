@@ -52,6 +52,11 @@ def command(
         str | None, typer.Option("--mask-keep", help="With --mask-labels: classes left unmasked, comma-separated "
                                  "(e.g. 11: the mitotic spindle, which image labels seldom name).")
     ] = None,
+    rescale_in_image: Annotated[
+        bool, typer.Option("--rescale-in-image", help="With --mask-labels: divide each labelled class's soft targets "
+                           "by their maximum over the image's cells (its most confident cell gets 1; not in the "
+                           "original recipe).")
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/cell/fold<F>).")] = None,
     init_from: Annotated[
         Path | None,
@@ -142,7 +147,7 @@ def command(
     with training_display(quiet or json_out) as (progress, log):
         summary = run_train_cell(
             st, fold, labels, out, selection=selection, targets=targets, denoise_run=denoise_run, mask_labels=mask_labels,
-            mask_keep=_classes(mask_keep), backbone=backbone, backbone_options=parse_options(option),
+            mask_keep=_classes(mask_keep), rescale_in_image=rescale_in_image, backbone=backbone, backbone_options=parse_options(option),
             init_from=init_from, img_size=img_size, work_size=work_size, fit=fit, image_window=image_window,
             val_cells=val_cells, progress=progress, log=log,
             epochs=epochs, batch_size=batch_size, accum=accum, lr_mult=lr_mult, schedule=schedule,
