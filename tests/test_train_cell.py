@@ -386,6 +386,8 @@ def test_cli_train_cell_smoke(setup, cli):
     assert res.exit_code == EXIT_USAGE and "needs --mask-labels" in res.output
     res = cli([*args, "--mask-labels", "--mask-keep", "11,40"])
     assert res.exit_code == EXIT_USAGE and "--mask-keep 11,40" in res.output
+    res = cli([*args, "--rescale-in-image"])
+    assert res.exit_code == EXIT_USAGE and "needs --mask-labels" in res.output
     with pytest.raises(HpaError, match="not a cell-level model"):
         MC.read_cell_input(init)
 
@@ -418,6 +420,52 @@ def test_mask_keep_leaves_the_named_classes_unmasked():
     assert (labels == np.eye(19, dtype=np.uint8)[[3, 3]]).all()  # the caller's labels are not changed
     with pytest.raises(HpaError, match="mask-keep"):
         combine_targets(base, np.ones(2, bool), image_labels=labels, mask_keep=(19,))
+
+
+def test_rescale_in_image_divides_each_labelled_class_by_its_image_maximum():
+    from hpacli.train.cell_targets import combine_targets
+
+    # two images: cells 0-2 in image 0 (labelled 3 and 11), cells 3-5 in image 1 (labelled 3 and 7)
+    base = np.zeros((6, 19), dtype=np.float32)
+    base[:, 3] = [0.1, 0.4, 0.2, 0.05, 0.25, 0.5]
+    base[:, 7] = [0.3, 0.3, 0.3, 0.0, 0.0, 0.0]  # image 1 labelled 7 but every cell at 0: stays 0
+    base[:, 11] = [0.2, 0.1, 0.05, 0.3, 0.6, 0.1]  # kept class: not rescaled, not masked
+    base[:, 5] = 0.6  # labelled nowhere: masked to 0
+    has = np.array([1, 1, 1, 1, 1, 0], bool)  # cell 5 has no pseudo-label: not counted in its image's maximum
+    image = np.array([0, 0, 0, 1, 1, 1])
+    labels = np.zeros((6, 19), dtype=np.uint8)
+    labels[:3, [3, 11]] = 1
+    labels[3:, [3, 7]] = 1
+    out = combine_targets(base, has, sel_rows=[1], sel_classes=[11], image_labels=labels, mask_keep=(11,),
+                          image=image)
+    np.testing.assert_allclose(out.y[:3, 3], [0.25, 1.0, 0.5])
+    np.testing.assert_allclose(out.y[3:5, 3], [0.2, 1.0])  # 0.5 of cell 5 is not a target
+    assert np.all(out.y[3:5, 7] == 0) and np.all(out.y[:3, 7] == 0)  # masked in image 0, zero in image 1
+    np.testing.assert_allclose(out.y[[0, 2, 3, 4], 11], base[[0, 2, 3, 4], 11])  # kept class as it was
+    assert out.y[1, 11] == 1.0  # the selection still sets 1
+    assert np.all(out.y[:5, 5] == 0) and np.isnan(out.y[5]).all()
+    # without image: the masked targets of before
+    plain = combine_targets(base, has, image_labels=labels, mask_keep=(11,))
+    np.testing.assert_allclose(plain.y[:3, 3], base[:3, 3])
+
+
+def test_rescale_in_image_through_the_store_needs_mask_labels(setup):
+    from hpacli.store.cells import CellTable
+
+    store = setup[0]
+    with pytest.raises(HpaError, match="needs --mask-labels"):
+        TT.assemble_targets(store, RUN, rescale=True)
+    out = TT.assemble_targets(store, RUN, mask_labels=True, rescale=True)
+    assert "rescaled" in out.source
+    image = CellTable(store).column("image").astype(np.int64)
+    lab = store.images.labels()[image].astype(bool)
+    y = out.y[out.has]
+    # every (labelled image, labelled class) group that has a target reaches exactly 1
+    for i in np.unique(image[out.has]):
+        rows = out.has & (image == i)
+        for c in np.flatnonzero(lab[rows][0]):
+            assert out.y[rows, c].max() == pytest.approx(1.0)
+    assert np.all((y >= 0) & (y <= 1))
 
 
 def test_select_outlier_known_positives_from_the_store(setup, tmp_path):
