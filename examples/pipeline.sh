@@ -23,7 +23,8 @@ hpa denoise --store hpa.zarr --run oof -o k=20
 hpa select-mitotic --store hpa.zarr --run oof --top 0 --known outliers --per-image 2 --neighbours 8 \
   --min-hits 2 --out selection
 hpa select-mitotic --store hpa.zarr --run oof --accept selection/mitotic_oof.csv   # after reviewing the gallery
-hpa train-cell --store hpa.zarr --fold 0 --labels oof --selection mitotic --mask-labels \
+hpa train-cell --store hpa.zarr --fold 0 --labels oof --selection mitotic --mask-labels --mask-keep 11 \
+  --rescale-in-image \
   --init-from runs/image/fold0/best.pt --img-size 64 --batch-size 32 --accum 1 --epochs 4 \
   --schedule constant --lr-mult 50
 hpa predict --store hpa.zarr --models runs/cell/fold0/best.pt --export cells.csv --overlays 4
