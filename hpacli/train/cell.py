@@ -160,8 +160,6 @@ def run_train_cell(
         raise HpaError("--mask-keep names classes to leave unmasked: it needs --mask-labels")
     if targets == "truth" and (selection or mask_labels):
         raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
-    if targets == "truth" and rescale_in_image:
-        raise HpaError("--targets truth takes no --rescale-in-image (true labels are 0 or 1)")
     tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels, mask_keep,
                           rescale_in_image)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)

@@ -142,6 +142,8 @@ def assemble_targets(
 
     if targets not in TARGET_KINDS:
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
+    if rescale and not mask_labels:
+        raise HpaError("--rescale-in-image rescales the classes of each image's labels: it needs --mask-labels")
     PL.check_current(store, labels_run)
     if targets == "truth":
         return truth_targets(store, PL.labelled_mask(store, labels_run))
@@ -157,8 +159,6 @@ def assemble_targets(
     rows = classes = None
     if selection:
         rows, classes = read_selection(store, selection, denoise_run or labels_run)
-    if rescale and not mask_labels:
-        raise HpaError("--rescale-in-image rescales the classes of each image's labels: it needs --mask-labels")
     image_labels = image = None
     if mask_labels:
         from ..store.cells import CellTable
