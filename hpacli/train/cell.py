@@ -156,10 +156,6 @@ def run_train_cell(
     if best_metric not in BEST_METRICS:
         raise HpaError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {best_metric!r}")
     mask_keep = tuple(sorted({int(c) for c in mask_keep}))
-    if mask_keep and not mask_labels:
-        raise HpaError("--mask-keep names classes to leave unmasked: it needs --mask-labels")
-    if targets == "truth" and (selection or mask_labels):
-        raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
     tg = assemble_targets(store, labels_run, selection, targets, denoise_run, mask_labels, mask_keep,
                           rescale_in_image)
     train_rows, val_rows = cell_fold_rows(store, fold, tg.has, folds_name)

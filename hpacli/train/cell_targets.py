@@ -142,6 +142,10 @@ def assemble_targets(
 
     if targets not in TARGET_KINDS:
         raise HpaError(f"--targets must be one of {', '.join(TARGET_KINDS)}, not {targets!r}")
+    if mask_keep and not mask_labels:
+        raise HpaError("--mask-keep names classes to leave unmasked: it needs --mask-labels")
+    if targets == "truth" and (selection or mask_labels):
+        raise HpaError("--targets truth takes neither --selection nor --mask-labels (the truth needs no help)")
     if rescale and not mask_labels:
         raise HpaError("--rescale-in-image rescales the classes of each image's labels: it needs --mask-labels")
     PL.check_current(store, labels_run)
@@ -165,7 +169,7 @@ def assemble_targets(
 
         image = CellTable(store).column("image").astype(np.int64)
         image_labels = store.images.labels()[image]
-    out = combine_targets(base, has, rows, classes, image_labels, mask_keep if mask_labels else (),
+    out = combine_targets(base, has, rows, classes, image_labels, mask_keep,
                           image if rescale else None)
     kept = f" (but {', '.join(map(str, mask_keep))})" if mask_labels and len(mask_keep) else ""
     out.source = (f"{targets} targets of {labels_run!r}" + (f" masked by image labels{kept}" if mask_labels else "")
